@@ -1,0 +1,1 @@
+"""The log: envelope, catalog, subjects, codec and the JetStream store."""

@@ -1,0 +1,109 @@
+"""Bytes <-> events. Anything that cannot be understood becomes an :class:`Undecodable`
+record with a reason, never an exception that ends a read (G6). JSON only (G7).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from eventstore.catalog import CATALOG
+from eventstore.envelope import Event
+from eventstore.upcasting import UPCASTERS, UpcasterRegistry, UpcastError
+
+EXCERPT_CHARS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A stored message that is not a valid event, kept with the reason why."""
+
+    seq: int
+    subject: str
+    reason: str
+    body: bytes = field(repr=False)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def excerpt(self) -> str:
+        """The start of the body as text, safe to log or to put in an event."""
+        return self.body[:EXCERPT_CHARS].decode("utf-8", errors="replace")
+
+
+def encode(event: Event) -> bytes:
+    """The stored body of ``event``."""
+    return event.to_json()
+
+
+def decode(
+    body: bytes,
+    *,
+    seq: int = 0,
+    subject: str = "",
+    stored_at: datetime | None = None,
+    max_size: int | None = None,
+    headers: dict[str, str] | None = None,
+    upcasters: UpcasterRegistry = UPCASTERS,
+) -> Event | Undecodable:
+    """Turn a stored body into an event of the current schema, or say why not.
+
+    A foreign publisher may omit ``id`` and ``time``; they are filled deterministically
+    from the stream position (``seq-<seq>`` and the stored timestamp) so every reader
+    and every rebuild sees the same event.
+    """
+
+    def reject(reason: str) -> Undecodable:
+        return Undecodable(seq=seq, subject=subject, reason=reason, body=body, headers=headers or {})
+
+    if max_size is not None and len(body) > max_size:
+        return reject(f"body of {len(body)} bytes exceeds the {max_size}-byte limit")
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return reject(f"not JSON: {exc}")
+    if not isinstance(doc, dict):
+        return reject(f"body is a JSON {type(doc).__name__}, expected an object")
+    event_type = doc.get("type")
+    if not isinstance(event_type, str):
+        return reject("missing or non-string 'type'")
+    event_class = CATALOG.get(event_type)
+    if event_class is None:
+        return reject(f"unknown event type {event_type[:100]!r}")
+    doc = _fill_defaults(doc, seq=seq, stored_at=stored_at)
+    try:
+        doc = upcasters.upcast(doc, event_class.SCHEMA)
+        return event_class.model_validate(doc)
+    except UpcastError as exc:
+        return reject(f"{event_type}: {exc}")
+    except ValidationError as exc:
+        return reject(f"{event_type}: {_summarize(exc)}")
+
+
+def _fill_defaults(doc: dict[str, Any], *, seq: int, stored_at: datetime | None) -> dict[str, Any]:
+    if "id" in doc and "time" in doc:
+        return doc
+    filled = dict(doc)
+    if "id" not in filled and seq:
+        filled["id"] = f"seq-{seq}"
+    if "time" not in filled and stored_at is not None:
+        filled["time"] = stored_at.isoformat()
+    return filled
+
+
+def _summarize(exc: ValidationError) -> str:
+    """One line per problem, as ``field.path: message``; short enough for an event."""
+    problems = []
+    for error in exc.errors()[:5]:
+        location = ".".join(str(part) for part in error["loc"]) or "body"
+        problems.append(f"{location}: {error['msg']}")
+    more = exc.error_count() - len(problems)
+    if more > 0:
+        problems.append(f"... and {more} more")
+    return "; ".join(problems)
+
+
+__all__ = ["Undecodable", "decode", "encode"]

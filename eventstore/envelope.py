@@ -1,0 +1,129 @@
+"""The event envelope (DESIGN §3): identity, causality and a typed ``data`` payload.
+
+Every catalog type subclasses :class:`Event`, narrows ``type`` to a ``Literal`` and
+``data`` to its payload model, and states its current ``SCHEMA`` version. Bodies are
+JSON only (G7). The stream sequence is the position and is never part of the body.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, model_validator
+
+MAX_ID_LENGTH = 256
+"""Longest accepted id; ids become subject tokens, and longer ones are treated as hostile."""
+
+
+def new_event_id() -> str:
+    """A fresh random event id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+IdField = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
+
+
+class Payload(BaseModel):
+    """Base of every ``data`` payload: strict about unknown fields, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Event(BaseModel):
+    """Envelope fields shared by every event type.
+
+    >>> from eventstore.catalog import MessageDelta, MessageDeltaData
+    >>> ev = MessageDelta(session_id="s1", run_id="r1", data=MessageDeltaData(text="Hi"))
+    >>> ev.type, ev.schema_version
+    ('message.delta', 1)
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+    SCHEMA: ClassVar[int] = 1
+    """Current schema version of this type; older bodies are upcast on read."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("session_id",)
+    """Envelope fields this type cannot do without (beyond ``type`` and ``data``)."""
+
+    id: str = Field(default_factory=new_event_id, min_length=1, max_length=MAX_ID_LENGTH)
+    type: str
+    schema_version: int = Field(default=0, alias="schema", ge=0)
+    time: AwareDatetime = Field(default_factory=utc_now)
+    session_id: str | None = IdField
+    run_id: str | None = IdField
+    parent_run_id: str | None = IdField
+    root_run_id: str | None = IdField
+    group_id: str | None = IdField
+    agent_type: str | None = IdField
+    worker_id: str | None = IdField
+    trace_id: str | None = IdField
+    user_code: str | None = IdField
+    causation_id: str | None = IdField
+    data: Payload
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_schema(cls, values: Any) -> Any:
+        # A body without "schema" is taken to be written at the current version.
+        if isinstance(values, dict) and "schema" not in values and "schema_version" not in values:
+            return {**values, "schema": cls.SCHEMA}
+        return values
+
+    @model_validator(mode="after")
+    def _check_envelope(self) -> Event:
+        if self.schema_version != self.SCHEMA:
+            raise ValueError(
+                f"{self.type} schema {self.schema_version} is not the current version "
+                f"{self.SCHEMA}; older bodies must be upcast before validation"
+            )
+        missing = [name for name in self.REQUIRED if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"{self.type} requires {', '.join(missing)}")
+        if self.time.utcoffset() != UTC.utcoffset(None):
+            object.__setattr__(self, "time", self.time.astimezone(UTC))
+        return self
+
+    @field_serializer("time")
+    def _serialize_time(self, value: datetime) -> str:
+        # RFC 3339 in UTC with a Z suffix and microseconds: sortable as text.
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def to_json(self) -> bytes:
+        """The body as stored on the stream (UTF-8 JSON, ``None`` fields left out)."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class RunEvent(Event):
+    """An event emitted by or about one run: it needs both session and run ids."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("session_id", "run_id")
+
+
+class SystemEvent(Event):
+    """An event about the system (workers, plugins, ingest) rather than a session."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+
+
+__all__ = [
+    "MAX_ID_LENGTH",
+    "Event",
+    "Payload",
+    "RunEvent",
+    "SystemEvent",
+    "new_event_id",
+    "utc_now",
+]

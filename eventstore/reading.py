@@ -1,0 +1,101 @@
+"""Reading the log through ordered consumers (ADR-17): ephemeral, flow-controlled, and
+recreated by nats-py from the last delivered sequence after a gap or a missed heartbeat.
+Every message comes out as ``(seq, Event | Undecodable)``; nothing ends an iteration but
+the caller or the end of the requested range (G6).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+from eventstore.codec import decode
+from eventstore.settings import StoreSettings
+from eventstore.types import Record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRange:
+    """Where a read starts and (for a bounded read) where it stops."""
+
+    from_seq: int = 1
+    until_seq: int | None = None
+    start_time: datetime | None = None
+    subject_filter: str | None = None
+    follow: bool = False
+
+
+def _consumer_config(window: ReadRange, settings: StoreSettings) -> api.ConsumerConfig:
+    if window.start_time is not None:
+        return api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_TIME,
+            opt_start_time=window.start_time.isoformat(),
+        )
+    return api.ConsumerConfig(
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=max(1, window.from_seq),
+    )
+
+
+def to_record(msg: Msg, settings: StoreSettings) -> Record:
+    meta = msg.metadata
+    seq = meta.sequence.stream
+    headers = dict(msg.headers) if msg.headers else {}
+    return seq, decode(
+        msg.data,
+        seq=seq,
+        subject=msg.subject,
+        stored_at=meta.timestamp,
+        max_size=settings.max_msg_size,
+        headers=headers,
+    )
+
+
+async def consume(
+    js: JetStreamContext, window: ReadRange, settings: StoreSettings
+) -> AsyncIterator[Record]:
+    """Yield records in stream order; a bounded read stops at the end of its range."""
+    subscription = await js.subscribe(
+        window.subject_filter or settings.subjects_wildcard,
+        stream=settings.stream,
+        ordered_consumer=True,
+        idle_heartbeat=settings.subscribe_idle_heartbeat,
+        config=_consumer_config(window, settings),
+    )
+    try:
+        if not window.follow:
+            info = await subscription.consumer_info()
+            if info.num_pending == 0 and (info.delivered is None or not info.delivered.stream_seq):
+                return
+        while True:
+            try:
+                msg = await subscription.next_msg(timeout=None)
+            except NatsTimeoutError:
+                continue
+            seq, item = to_record(msg, settings)
+            if window.until_seq is not None and seq > window.until_seq:
+                return
+            yield seq, item
+            if not window.follow and (
+                msg.metadata.num_pending == 0 or seq == window.until_seq
+            ):
+                return
+    finally:
+        try:
+            await subscription.unsubscribe()
+        except NatsError as exc:
+            # The connection may already be closed; the server drops the consumer anyway.
+            log.debug("unsubscribe after read: %s", exc)
+
+
+__all__ = ["ReadRange", "consume", "to_record"]

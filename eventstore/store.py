@@ -1,0 +1,201 @@
+"""``EventStore``: the JetStream log of DESIGN §3 behind one small API.
+
+>>> async def example() -> None:  # doctest: +SKIP
+...     async with await EventStore.open("nats://127.0.0.1:4222") as store:
+...         result = await store.append(event)
+...         async for seq, item in store.read(from_seq=1):
+...             print(seq, item)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Literal, Self
+
+from nats.aio.client import Client as NatsClient
+from nats.js.errors import NotFoundError
+
+from eventstore.atomic_batch import append_atomic
+from eventstore.blobs import Blobs
+from eventstore.codec import decode, encode
+from eventstore.connection import ConnectOptions, connect, parse_version
+from eventstore.envelope import Event
+from eventstore.fast_batch import FastIngestUnavailable, append_fast
+from eventstore.jsapi import api_request
+from eventstore.provision import FAST_INGEST_VERSION, EnsureReport, ensure_buckets, ensure_stream
+from eventstore.publish import Outgoing, publish_one, publish_one_result
+from eventstore.reading import ReadRange, consume
+from eventstore.routing import subject_for
+from eventstore.settings import StoreSettings
+from eventstore.types import AppendResult, Record
+
+log = logging.getLogger(__name__)
+
+BatchMode = Literal["auto", "fast", "atomic", "single"]
+
+
+class EventStore:
+    """Append to, read and follow the log; KV and object helpers under ``blobs``."""
+
+    def __init__(self, nc: NatsClient, settings: StoreSettings | None = None) -> None:
+        self.nc = nc
+        self.settings = settings or StoreSettings.from_env()
+        self.js = nc.jetstream(timeout=self.settings.request_timeout)
+        self.server_version = parse_version(str(nc.connected_server_version))
+        self.blobs = Blobs(self.js, self.settings.object_bucket)
+        self._fast_ingest = self.server_version >= FAST_INGEST_VERSION
+
+    @classmethod
+    async def open(
+        cls,
+        options: ConnectOptions | str | None = None,
+        settings: StoreSettings | None = None,
+        *,
+        ensure: bool = True,
+    ) -> Self:
+        """Connect (refusing servers older than 2.12.1) and, by default, ``ensure``."""
+        if isinstance(options, str):
+            options = ConnectOptions(url=options)
+        nc = await connect(options)
+        store = cls(nc, settings)
+        if ensure:
+            try:
+                await store.ensure()
+            except BaseException:
+                await nc.close()
+                raise
+        return store
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def ensure(self) -> EnsureReport:
+        """Create or update the stream, KV buckets and object store (idempotent)."""
+        report = await ensure_stream(self.nc, self.settings, self.server_version)
+        await ensure_buckets(self.js, self.settings)
+        return report
+
+    # -- writing -----------------------------------------------------------------
+
+    def outgoing(self, event: Event) -> Outgoing:
+        return Outgoing(event.id, subject_for(event, self.settings.root), encode(event))
+
+    async def append(
+        self,
+        event: Event,
+        expected_last_subject_seq: int | None = None,
+    ) -> AppendResult:
+        """Store one event; ``Nats-Msg-Id`` is its id (G3).
+
+        ``expected_last_subject_seq`` is the stream sequence of the last message on the
+        event's subject (0: the subject must be empty); a mismatch raises
+        :class:`~eventstore.errors.ConcurrencyError` with the actual sequence. A refused
+        event raises :class:`~eventstore.errors.AppendError`; a duplicate is not an
+        error: the result says ``duplicate=True`` and gives the original sequence.
+        """
+        return await publish_one(self.nc, self.outgoing(event), self.settings, expected_last_subject_seq)
+
+    async def append_many(
+        self, events: Sequence[Event], *, mode: BatchMode = "auto"
+    ) -> list[AppendResult]:
+        """Store many events fast, in order, with one result per event (same order).
+
+        Nothing raises for a single event: a refused or unconfirmed event has ``error``
+        set and can be appended again with the same id. ``mode``: ``fast`` uses
+        fast-ingest batches (server 2.14+), ``atomic`` all-or-nothing batches with a
+        sequence per event, ``single`` one publish per event; ``auto`` picks fast when
+        the server has it.
+        """
+        items: list[Outgoing] = []
+        oversized: dict[int, AppendResult] = {}
+        for index, event in enumerate(events):
+            item = self.outgoing(event)
+            if len(item.body) > self.settings.max_msg_size:
+                reason = (
+                    f"{len(item.body)} bytes exceeds the {self.settings.max_msg_size}-byte "
+                    "event limit; put large content in the Object Store and reference it"
+                )
+                oversized[index] = AppendResult(item.event_id, item.subject, error=reason)
+            else:
+                items.append(item)
+        stored = await self._append_items(items, mode)
+        if not oversized:
+            return stored
+        merged: list[AppendResult] = []
+        stored_iter = iter(stored)
+        for index in range(len(events)):
+            merged.append(oversized[index] if index in oversized else next(stored_iter))
+        return merged
+
+    async def _append_items(self, items: list[Outgoing], mode: BatchMode) -> list[AppendResult]:
+        if not items:
+            return []
+        if mode == "single":
+            return [await publish_one_result(self.nc, item, self.settings) for item in items]
+        if mode in ("auto", "fast") and self._fast_ingest:
+            try:
+                return await append_fast(self.nc, items, self.settings)
+            except FastIngestUnavailable as exc:
+                if mode == "fast":
+                    raise
+                log.info("fast ingest unavailable (%s); using atomic batches", exc)
+                self._fast_ingest = False
+        return await append_atomic(self.nc, items, self.settings)
+
+    # -- reading -----------------------------------------------------------------
+
+    def read(
+        self,
+        from_seq: int = 1,
+        *,
+        until_seq: int | None = None,
+        subject_filter: str | None = None,
+        start_time: datetime | None = None,
+    ) -> AsyncIterator[Record]:
+        """Stored records from ``from_seq`` (or ``start_time``) to ``until_seq`` or the
+        end of the log as it is when the read reaches it."""
+        window = ReadRange(from_seq, until_seq, start_time, subject_filter, follow=False)
+        return consume(self.js, window, self.settings)
+
+    def subscribe(
+        self, from_seq: int = 1, subject_filter: str | None = None
+    ) -> AsyncIterator[Record]:
+        """Like :meth:`read`, then follow new events as they are appended, forever."""
+        window = ReadRange(from_seq, None, None, subject_filter, follow=True)
+        return consume(self.js, window, self.settings)
+
+    async def last_on_subject(self, subject: str) -> Record | None:
+        """The last record on ``subject`` by direct get, or ``None`` if there is none."""
+        try:
+            raw = await self.js.get_last_msg(self.settings.stream, subject, direct=True)
+        except NotFoundError:
+            return None
+        seq = int(raw.seq or 0)
+        headers = {k: str(v) for k, v in (raw.headers or {}).items()}
+        return seq, decode(
+            raw.data or b"",
+            seq=seq,
+            subject=raw.subject or subject,
+            stored_at=raw.time,
+            max_size=self.settings.max_msg_size,
+            headers=headers,
+        )
+
+    async def last_seq(self) -> int:
+        """The stream's last sequence (0 for an empty log)."""
+        info = await api_request(
+            self.nc, f"$JS.API.STREAM.INFO.{self.settings.stream}", timeout=self.settings.request_timeout
+        )
+        return int(info["state"]["last_seq"])
+
+
+__all__ = ["BatchMode", "EventStore"]

@@ -1,0 +1,1 @@
+"""projections package (see DESIGN §2)."""

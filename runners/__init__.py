@@ -1,0 +1,1 @@
+"""runners package (see DESIGN §2)."""
