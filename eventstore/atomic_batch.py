@@ -16,7 +16,7 @@ import asyncio
 import json
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
@@ -62,7 +62,10 @@ def _results_from_ack(chunk: Sequence[Outgoing], data: bytes) -> list[AppendResu
 
 
 async def append_atomic(
-    nc: NatsClient, items: Sequence[Outgoing], settings: StoreSettings
+    nc: NatsClient,
+    items: Sequence[Outgoing],
+    settings: StoreSettings,
+    progress: Callable[[int], None] | None = None,
 ) -> list[AppendResult]:
     batch_size = max(1, min(settings.batch_size, SERVER_MAX_BATCH))
     window = max(1, min(settings.max_inflight // batch_size, SERVER_MAX_OPEN_BATCHES // 2))
@@ -90,6 +93,8 @@ async def append_atomic(
             # Refused or unknown outcome: let each event speak for itself.
             confirmed = [await publish_one_result(nc, item, settings) for item in chunk]
         results[start : start + len(chunk)] = confirmed
+        if progress is not None:
+            progress(start + len(chunk))
 
     async with ReplyInbox(nc, on_reply) as inbox:
         for start in range(0, len(items), batch_size):

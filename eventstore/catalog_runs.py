@@ -136,9 +136,14 @@ class ArtifactCreatedData(Payload):
                 "put it in the object store and send a 'ref'"
             )
         try:
-            base64.b64decode(value, validate=True)
+            decoded_size = len(base64.b64decode(value, validate=True))
         except binascii.Error as exc:
             raise ValueError(f"content_base64 is not valid base64: {exc}") from exc
+        if decoded_size > MAX_INLINE_ARTIFACT_BYTES:
+            raise ValueError(
+                f"inline content is {decoded_size} bytes, more than {MAX_INLINE_ARTIFACT_BYTES}; "
+                "put it in the object store and send a 'ref'"
+            )
         return value
 
     @model_validator(mode="after")

@@ -125,8 +125,13 @@ class EmbeddedNatsServer:
 
     async def start(self) -> str:
         """Start the server; return its ``nats://host:port`` url once it accepts clients."""
-        self._launch(self._requested_port)
-        return await self._wait_ready()
+        self._require_stopped()
+        try:
+            self._launch(self._requested_port)
+            return await self._wait_ready()
+        except BaseException:
+            self.stop_blocking(0)  # a failed or cancelled start leaves no process, no temp dirs
+            raise
 
     async def restart(self, timeout: float = 5.0) -> str:  # noqa: ASYNC109 (SIGKILL deadline)
         """Stop the server if it runs, then start it again on the same port and store."""
@@ -136,8 +141,12 @@ class EmbeddedNatsServer:
                 "temporary store, so use kill() or keep_store=True before restarting"
             )
         await asyncio.to_thread(self._terminate, timeout)
-        self._launch(self._port)
-        return await self._wait_ready()
+        try:
+            self._launch(self._port)
+            return await self._wait_ready()
+        except BaseException:
+            self.kill()  # but keep the store: preserving it is what restart() is for
+            raise
 
     async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (SIGKILL deadline)
         """SIGTERM (a clean JetStream shutdown), SIGKILL after ``timeout``, then clean up."""
@@ -155,12 +164,13 @@ class EmbeddedNatsServer:
 
     def start_blocking(self) -> str:
         """:meth:`start` for code without an event loop (the CLI)."""
-        self._launch(self._requested_port)
+        self._require_stopped()
         try:
+            self._launch(self._requested_port)
             while (url := self._poll_ready()) is None:
                 time.sleep(_POLL_INTERVAL)
         except BaseException:
-            self.kill()  # an interrupted start (Ctrl-C) must not leave an orphan server behind
+            self.stop_blocking(0)  # an interrupted start must not leave an orphan server
             raise
         return url
 
@@ -238,9 +248,11 @@ class EmbeddedNatsServer:
             self._checked = (path, found)
         return self._checked
 
-    def _launch(self, port: int) -> None:
+    def _require_stopped(self) -> None:
         if self.running:
             raise EmbeddedServerError(f"nats-server is already running (pid {self.pid})")
+
+    def _launch(self, port: int) -> None:
         binary, _ = self._checked_binary()
         if self._store_dir is None:
             self._store_dir = Path(tempfile.mkdtemp(prefix="jetledger-nats-"))
@@ -263,13 +275,9 @@ class EmbeddedNatsServer:
         self._deadline = time.monotonic() + self._startup_timeout
 
     async def _wait_ready(self) -> str:
-        try:
-            # Polling is the only way: readiness is a file plus a listening socket.
-            while (url := self._poll_ready()) is None:  # noqa: ASYNC110
-                await asyncio.sleep(_POLL_INTERVAL)
-        except BaseException:
-            self.kill()  # a cancelled start must not leave an orphan server behind
-            raise
+        # Polling is the only way: readiness is a file plus a listening socket.
+        while (url := self._poll_ready()) is None:  # noqa: ASYNC110
+            await asyncio.sleep(_POLL_INTERVAL)
         return url
 
     def _poll_ready(self) -> str | None:
@@ -282,7 +290,6 @@ class EmbeddedNatsServer:
                 f"last lines of {self.log_file}:\n{_log_tail(self.log_file)}"
             )
         if time.monotonic() > self._deadline:
-            self.kill()
             raise EmbeddedServerError(
                 f"nats-server did not accept connections within {self._startup_timeout}s; "
                 f"last lines of {self.log_file}:\n{_log_tail(self.log_file)}"

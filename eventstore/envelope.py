@@ -30,9 +30,13 @@ IdField = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
 
 
 class Payload(BaseModel):
-    """Base of every ``data`` payload: strict about unknown fields, immutable."""
+    """Base of every ``data`` payload: strict about unknown fields, immutable.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Floats must be finite: JSON has no ``inf`` or ``NaN``, and pydantic would write them
+    as ``null``, so a payload would not survive its own round trip.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Event(BaseModel):

@@ -53,6 +53,8 @@ class _BatchState:
     fatal: str | None = None
     fatal_code: int | None = None
 
+    on_progress: Callable[[int], None] | None = None
+
     def on_reply(self, _tail: str, data: bytes) -> None:
         try:
             reply = json.loads(data)
@@ -66,6 +68,8 @@ class _BatchState:
         if kind == "ack":
             self.acked = max(self.acked, int(reply.get("seq", 0)))
             self.flow = max(1, int(reply.get("msgs", self.flow)))
+            if self.on_progress is not None:
+                self.on_progress(self.acked)
         elif kind == "err":
             error = reply.get("error") or {}
             self.errors[int(reply.get("seq", 0))] = str(error.get("description", "refused"))
@@ -104,9 +108,12 @@ async def _wait(
 
 
 async def _send_batch(
-    nc: NatsClient, chunk: Sequence[Outgoing], settings: StoreSettings
+    nc: NatsClient,
+    chunk: Sequence[Outgoing],
+    settings: StoreSettings,
+    on_progress: Callable[[int], None] | None = None,
 ) -> _BatchOutcome:
-    state = _BatchState(flow=max(1, settings.flow_window))
+    state = _BatchState(flow=max(1, settings.flow_window), on_progress=on_progress)
     total = len(chunk)
     async with ReplyInbox(nc, state.on_reply) as inbox:
         prefix = f"{inbox.prefix}.{settings.flow_window}.fail."
@@ -159,9 +166,15 @@ async def _await_connection(nc: NatsClient, timeout: float) -> None:
 
 
 async def append_fast(
-    nc: NatsClient, items: Sequence[Outgoing], settings: StoreSettings
+    nc: NatsClient,
+    items: Sequence[Outgoing],
+    settings: StoreSettings,
+    progress: Callable[[int], None] | None = None,
 ) -> list[AppendResult]:
-    """Append ``items`` in fast-ingest batches; raises FastIngestUnavailable up front."""
+    """Append ``items`` in fast-ingest batches; raises FastIngestUnavailable up front.
+
+    ``progress`` is called with the number of leading events confirmed so far.
+    """
     results: list[AppendResult | None] = [None] * len(items)
     pending = list(range(len(items)))
     delay = settings.append_retry_backoff
@@ -173,7 +186,13 @@ async def append_fast(
             await asyncio.sleep(delay)
             delay = min(delay * 2, settings.request_timeout)
             await _await_connection(nc, settings.request_timeout * 2)
-        outcome = await _send_batch(nc, [items[i] for i in pending], settings)
+        done_before = len(items) - len(pending)
+
+        def report(acked: int, base: int = done_before) -> None:
+            if progress is not None:
+                progress(base + min(acked, len(items) - base))
+
+        outcome = await _send_batch(nc, [items[i] for i in pending], settings, report)
         for position in range(outcome.confirmed):
             index = pending[position]
             item = items[index]
@@ -187,6 +206,8 @@ async def append_fast(
                 error=reason,
             )
         pending = pending[outcome.confirmed :]
+        if progress is not None:
+            progress(len(items) - len(pending))
     for index in pending:
         item = items[index]
         results[index] = AppendResult(

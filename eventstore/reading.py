@@ -75,7 +75,7 @@ async def consume(
     try:
         if not window.follow:
             info = await subscription.consumer_info()
-            if info.num_pending == 0 and (info.delivered is None or not info.delivered.stream_seq):
+            if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
                 return
         while True:
             try:

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Literal, Self
 
@@ -105,7 +105,11 @@ class EventStore:
         return await publish_one(self.nc, self.outgoing(event), self.settings, expected_last_subject_seq)
 
     async def append_many(
-        self, events: Sequence[Event], *, mode: BatchMode = "auto"
+        self,
+        events: Sequence[Event],
+        *,
+        mode: BatchMode = "auto",
+        progress: Callable[[int], None] | None = None,
     ) -> list[AppendResult]:
         """Store many events fast, in order, with one result per event (same order).
 
@@ -113,7 +117,8 @@ class EventStore:
         set and can be appended again with the same id. ``mode``: ``fast`` uses
         fast-ingest batches (server 2.14+), ``atomic`` all-or-nothing batches with a
         sequence per event, ``single`` one publish per event; ``auto`` picks fast when
-        the server has it.
+        the server has it. ``progress`` is called with the number of leading events
+        confirmed so far (for progress bars; oversized events are not counted).
         """
         items: list[Outgoing] = []
         oversized: dict[int, AppendResult] = {}
@@ -127,7 +132,7 @@ class EventStore:
                 oversized[index] = AppendResult(item.event_id, item.subject, error=reason)
             else:
                 items.append(item)
-        stored = await self._append_items(items, mode)
+        stored = await self._append_items(items, mode, progress)
         if not oversized:
             return stored
         merged: list[AppendResult] = []
@@ -136,20 +141,27 @@ class EventStore:
             merged.append(oversized[index] if index in oversized else next(stored_iter))
         return merged
 
-    async def _append_items(self, items: list[Outgoing], mode: BatchMode) -> list[AppendResult]:
+    async def _append_items(
+        self, items: list[Outgoing], mode: BatchMode, progress: Callable[[int], None] | None
+    ) -> list[AppendResult]:
         if not items:
             return []
         if mode == "single":
-            return [await publish_one_result(self.nc, item, self.settings) for item in items]
+            results = []
+            for item in items:
+                results.append(await publish_one_result(self.nc, item, self.settings))
+                if progress is not None:
+                    progress(len(results))
+            return results
         if mode in ("auto", "fast") and self._fast_ingest:
             try:
-                return await append_fast(self.nc, items, self.settings)
+                return await append_fast(self.nc, items, self.settings, progress)
             except FastIngestUnavailable as exc:
                 if mode == "fast":
                     raise
                 log.info("fast ingest unavailable (%s); using atomic batches", exc)
                 self._fast_ingest = False
-        return await append_atomic(self.nc, items, self.settings)
+        return await append_atomic(self.nc, items, self.settings, progress)
 
     # -- reading -----------------------------------------------------------------
 

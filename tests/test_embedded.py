@@ -200,3 +200,17 @@ async def test_the_nats_url_fixture_serves_jetstream(nats_url: str) -> None:
         await nc.jetstream().account_info()
     finally:
         await nc.close()
+
+
+async def test_start_is_bounded_by_startup_timeout(tmp_path: Path) -> None:
+    hung = tmp_path / "nats-server"
+    hung.write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && echo "nats-server: v2.15.1" && exit 0\nexec sleep 30\n'
+    )
+    hung.chmod(0o755)
+    server = EmbeddedNatsServer(binary=hung, startup_timeout=0.5)
+    with pytest.raises(EmbeddedServerError, match=r"within 0\.5s"):
+        await server.start()
+    assert server.pid is not None and server.returncode is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(server.pid, 0)  # the hung process is not left behind
