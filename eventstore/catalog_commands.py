@@ -78,13 +78,17 @@ class CommandResume(Event):
 
 
 class CommandCancelData(Payload):
-    """Cancel a run (by-framework ``CANCEL_TASK``); ``cascade`` also cancels its subtree."""
+    """Cancel a run (by-framework ``CANCEL_TASK``); ``cascade`` also cancels its subtree.
+
+    ``target_worker_id`` routes the command to the worker executing the run.
+    """
 
     target_run_id: IdStr
     mode: CancelMode = "graceful"
     reason: ShortText | None = None
     requested_by: IdStr | None = None
     cascade: bool = True
+    target_worker_id: IdStr | None = None
 
 
 class CommandCancel(Event):
@@ -93,11 +97,13 @@ class CommandCancel(Event):
 
 
 class CommandSteerData(Payload):
-    """Append a message to the active run of a session (or to ``target_run_id``)."""
+    """Append a message to the active run of a session (or to ``target_run_id``);
+    ``target_worker_id`` routes it to the worker executing that run."""
 
     content: Content
     target_run_id: IdStr | None = None
     attachments: list[ObjectRef] = Field(default_factory=list)
+    target_worker_id: IdStr | None = None
 
 
 class CommandSteer(Event):

@@ -136,7 +136,13 @@ def _commands() -> list[Event]:
         ),
         CommandResume.model_validate(
             {
-                **_envelope(2, session_id=SESSION_ID, run_id=ROOT_RUN_ID, user_code="u-42"),
+                **_envelope(
+                    2,
+                    session_id=SESSION_ID,
+                    run_id=ROOT_RUN_ID,
+                    agent_type="researcher",
+                    user_code="u-42",
+                ),
                 "data": CommandResumeData(
                     reason="user_reply",
                     question_id="q-depth",
@@ -153,12 +159,13 @@ def _commands() -> list[Event]:
                     mode="graceful",
                     reason="user pressed stop",
                     requested_by="u-42",
+                    target_worker_id=WORKER_ID,
                 ),
             }
         ),
         CommandSteer.model_validate(
             {
-                **_envelope(4, session_id=SESSION_ID, user_code="u-42"),
+                **_envelope(4, session_id=SESSION_ID, agent_type="researcher", user_code="u-42"),
                 "data": CommandSteerData(content="Focus on durability guarantees."),
             }
         ),

@@ -57,7 +57,9 @@ def decode(
     """
 
     def reject(reason: str) -> Undecodable:
-        return Undecodable(seq=seq, subject=subject, reason=reason, body=body, headers=headers or {})
+        return Undecodable(
+            seq=seq, subject=subject, reason=reason, body=body, headers=headers or {}
+        )
 
     if max_size is not None and len(body) > max_size:
         return reject(f"body of {len(body)} bytes exceeds the {max_size}-byte limit")

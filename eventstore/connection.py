@@ -13,8 +13,9 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.errors import NoServersError
 
-from eventstore.errors import ServerVersionError
+from eventstore.errors import ServerUnreachableError, ServerVersionError
 from eventstore.settings import MIN_SERVER_VERSION, nats_url_from_env
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class ConnectOptions:
     tls_hostname: str | None = None
     name: str = "jetledger"
     connect_timeout: float = 5.0
+    connect_attempts: int = 3
+    """Tries per server for the first connection; then the URL is reported unreachable."""
     max_reconnect_attempts: int = -1
     """-1 retries forever: a restarting server must not end a long-lived process."""
     reconnect_wait: float = 0.5
@@ -66,7 +69,7 @@ class ConnectOptions:
             "servers": [part.strip() for part in self.resolved_url().split(",") if part.strip()],
             "name": self.name,
             "connect_timeout": self.connect_timeout,
-            "max_reconnect_attempts": self.max_reconnect_attempts,
+            "max_reconnect_attempts": max(1, self.connect_attempts),
             "reconnect_time_wait": self.reconnect_wait,
             "pending_size": self.pending_size,
             "allow_reconnect": True,
@@ -94,7 +97,8 @@ async def _log_error(exc: Exception) -> None:
 
 
 async def _log_disconnected() -> None:
-    log.warning("nats: disconnected, reconnecting")
+    # Also called on a deliberate close, so not a warning by itself.
+    log.info("nats: disconnected")
 
 
 async def _log_reconnected() -> None:
@@ -113,14 +117,24 @@ def parse_version(text: str) -> tuple[int, int, int]:
 def check_server_version(found: str) -> tuple[int, int, int]:
     version = parse_version(found)
     if version < MIN_SERVER_VERSION:
-        raise ServerVersionError(found, ".".join(str(part) for part in MIN_SERVER_VERSION))
+        shown = ".".join(map(str, version)) if version != (0, 0, 0) else found
+        raise ServerVersionError(shown, ".".join(map(str, MIN_SERVER_VERSION)))
     return version
 
 
 async def connect(options: ConnectOptions | None = None) -> NatsClient:
     """Connect, then refuse a server older than 2.12.1 with a message naming both versions."""
     options = options or ConnectOptions()
-    nc = await nats.connect(**options.nats_kwargs())
+    try:
+        nc = await nats.connect(**options.nats_kwargs())
+    except (NoServersError, OSError, TimeoutError) as exc:
+        raise ServerUnreachableError(
+            f"cannot reach NATS at {options.resolved_url()} after {options.connect_attempts} "
+            f"attempts ({type(exc).__name__}); is the server running? "
+            "`jetledger server` starts one"
+        ) from exc
+    # The bound above is for the first connection only; once connected, keep reconnecting.
+    nc.options["max_reconnect_attempts"] = options.max_reconnect_attempts
     try:
         check_server_version(str(nc.connected_server_version))
     except ServerVersionError:

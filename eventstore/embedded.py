@@ -133,7 +133,7 @@ class EmbeddedNatsServer:
             self.stop_blocking(0)  # a failed or cancelled start leaves no process, no temp dirs
             raise
 
-    async def restart(self, timeout: float = 5.0) -> str:  # noqa: ASYNC109 (SIGKILL deadline)
+    async def restart(self, timeout: float = 5.0) -> str:
         """Stop the server if it runs, then start it again on the same port and store."""
         if self._port is None or self._store_dir is None:
             raise EmbeddedServerError(
@@ -148,7 +148,7 @@ class EmbeddedNatsServer:
             self.kill()  # but keep the store: preserving it is what restart() is for
             raise
 
-    async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (SIGKILL deadline)
+    async def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM (a clean JetStream shutdown), SIGKILL after ``timeout``, then clean up."""
         await asyncio.to_thread(self.stop_blocking, timeout)
 

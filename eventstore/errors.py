@@ -20,6 +20,10 @@ class ServerVersionError(EventStoreError):
         self.required = required
 
 
+class ServerUnreachableError(EventStoreError):
+    """No NATS server answered at the configured URL."""
+
+
 class JetStreamUnavailableError(EventStoreError):
     """The server answered but JetStream is not enabled for this account."""
 

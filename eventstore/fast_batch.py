@@ -132,7 +132,9 @@ async def _send_batch(
         try:
             await publish_frames(nc, [frame(0, _Op.COMMIT if total == 1 else _Op.START)])
             first_done = await _wait(
-                inbox, state, lambda: state.acked >= 1 or state.final is not None,
+                inbox,
+                state,
+                lambda: state.acked >= 1 or state.final is not None,
                 settings.request_timeout,
             )
             if state.fatal_code == ERR_FAST_BATCH_NOT_ENABLED:
@@ -142,10 +144,11 @@ async def _send_batch(
             sent = 1
             while sent < total - 1:
                 windows = max(1, min(MAX_OUTSTANDING_WINDOWS, settings.max_inflight // state.flow))
-                if not await _wait(
-                    inbox, state, lambda: sent - state.acked < state.flow * windows,
-                    settings.request_timeout,
-                ):
+
+                def window_open(limit: int = sent, windows: int = windows) -> bool:
+                    return limit - state.acked < state.flow * windows
+
+                if not await _wait(inbox, state, window_open, settings.request_timeout):
                     return outcome()
                 upto = min(total - 1, sent + state.flow)
                 await publish_frames(nc, [frame(i, _Op.APPEND) for i in range(sent, upto)])
@@ -159,9 +162,10 @@ async def _send_batch(
 
 
 async def _await_connection(nc: NatsClient, timeout: float) -> None:
+    # nats-py has no "connected" event to wait on; poll its state, bounded by timeout.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not nc.is_connected and not nc.is_closed and loop.time() < deadline:
+    while not nc.is_connected and not nc.is_closed and loop.time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
 
 

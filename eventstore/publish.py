@@ -43,7 +43,9 @@ def parse_pub_ack(outgoing: Outgoing, data: bytes, expected: int | None) -> Appe
     try:
         ack = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AppendError(outgoing.event_id, f"unreadable publish acknowledgement {data[:80]!r}") from exc
+        raise AppendError(
+            outgoing.event_id, f"unreadable publish acknowledgement {data[:80]!r}"
+        ) from exc
     error = ack.get("error") if isinstance(ack, dict) else None
     if isinstance(error, dict):
         err_code = int(error.get("err_code", 0))

@@ -39,7 +39,7 @@ def _consumer_config(window: ReadRange, settings: StoreSettings) -> api.Consumer
     if window.start_time is not None:
         return api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_TIME,
-            opt_start_time=window.start_time.isoformat(),
+            opt_start_time=window.start_time,
         )
     return api.ConsumerConfig(
         deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
@@ -75,7 +75,9 @@ async def consume(
     try:
         if not window.follow:
             info = await subscription.consumer_info()
-            if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
+            if info.num_pending == 0 and (
+                info.delivered is None or not info.delivered.consumer_seq
+            ):
                 return
         while True:
             try:
@@ -86,9 +88,7 @@ async def consume(
             if window.until_seq is not None and seq > window.until_seq:
                 return
             yield seq, item
-            if not window.follow and (
-                msg.metadata.num_pending == 0 or seq == window.until_seq
-            ):
+            if not window.follow and (msg.metadata.num_pending == 0 or seq == window.until_seq):
                 return
     finally:
         try:

@@ -102,7 +102,9 @@ class EventStore:
         event raises :class:`~eventstore.errors.AppendError`; a duplicate is not an
         error: the result says ``duplicate=True`` and gives the original sequence.
         """
-        return await publish_one(self.nc, self.outgoing(event), self.settings, expected_last_subject_seq)
+        return await publish_one(
+            self.nc, self.outgoing(event), self.settings, expected_last_subject_seq
+        )
 
     async def append_many(
         self,
@@ -205,7 +207,9 @@ class EventStore:
     async def last_seq(self) -> int:
         """The stream's last sequence (0 for an empty log)."""
         info = await api_request(
-            self.nc, f"$JS.API.STREAM.INFO.{self.settings.stream}", timeout=self.settings.request_timeout
+            self.nc,
+            f"$JS.API.STREAM.INFO.{self.settings.stream}",
+            timeout=self.settings.request_timeout,
         )
         return int(info["state"]["last_seq"])
 

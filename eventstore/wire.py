@@ -30,7 +30,8 @@ def encode_frame(frame: Frame) -> bytes:
     header_block = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in frame.headers) + "\r\n"
     header_bytes = header_block.encode()
     reply = f" {frame.reply}" if frame.reply else ""
-    head = f"HPUB {frame.subject}{reply} {len(header_bytes)} {len(header_bytes) + len(frame.payload)}\r\n"
+    sizes = f"{len(header_bytes)} {len(header_bytes) + len(frame.payload)}"
+    head = f"HPUB {frame.subject}{reply} {sizes}\r\n"
     return b"".join((head.encode(), header_bytes, frame.payload, b"\r\n"))
 
 

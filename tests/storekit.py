@@ -40,4 +40,6 @@ async def open_store(url: str, settings: StoreSettings | None = None) -> AsyncIt
 def delta(index: int, session_id: str = "s1", run_id: str = "r1", size: int = 160) -> MessageDelta:
     """A ~300-byte event, the size the ingest benchmark uses."""
     text = (f"{index:08d} " * (size // 9 + 1))[:size]
-    return MessageDelta(session_id=session_id, run_id=run_id, data=MessageDeltaData(text=text, index=index))
+    return MessageDelta(
+        session_id=session_id, run_id=run_id, data=MessageDeltaData(text=text, index=index)
+    )

