@@ -47,6 +47,8 @@ class _Op(IntEnum):
 @dataclass(slots=True)
 class _BatchState:
     acked: int = 0
+    started: bool = False
+    """The server acknowledged the first message (its ack carries sequence 0)."""
     flow: int = 1
     errors: dict[int, str] = field(default_factory=dict)
     final: dict[str, object] | None = None
@@ -66,6 +68,7 @@ class _BatchState:
             return
         kind = reply.get("type")
         if kind == "ack":
+            self.started = True
             self.acked = max(self.acked, int(reply.get("seq", 0)))
             self.flow = max(1, int(reply.get("msgs", self.flow)))
             if self.on_progress is not None:
@@ -134,7 +137,7 @@ async def _send_batch(
             first_done = await _wait(
                 inbox,
                 state,
-                lambda: state.acked >= 1 or state.final is not None,
+                lambda: state.started or state.final is not None,
                 settings.request_timeout,
             )
             if state.fatal_code == ERR_FAST_BATCH_NOT_ENABLED:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,8 @@ import typer
 from eventstore.connection import ConnectOptions
 from eventstore.errors import EventStoreError
 from eventstore.settings import StoreSettings, nats_url_from_env
+
+DEFAULT_NATS_PORT = 4222
 
 app = typer.Typer(
     name="jetledger",
@@ -41,7 +44,12 @@ def server(
     host: Annotated[
         str, typer.Option(help="Interface to listen on (loopback by default).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Client port; 0 picks a free one.")] = 4222,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help="Client port; 0 picks a free one [default: 4222, or a free port if taken]."
+        ),
+    ] = None,
     store: Annotated[
         Path | None, typer.Option(help="JetStream store directory [default: ./.jetledger/nats].")
     ] = None,
@@ -52,7 +60,24 @@ def server(
     """
     from gateway.server_command import run_server
 
+    if port is None:
+        port = DEFAULT_NATS_PORT if _port_is_free(host, DEFAULT_NATS_PORT) else 0
+        if port == 0:
+            typer.echo(
+                f"port {DEFAULT_NATS_PORT} on {host} is taken (another nats-server?); "
+                "serving on a free port instead: use the URL printed below",
+                err=True,
+            )
     raise typer.Exit(run_server(host, port, store))
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 @app.command()

@@ -215,3 +215,16 @@ async def test_bad_bodies_come_out_as_undecodable(nats_url: str) -> None:
         assert "exceeds" in reasons[4]
         last = records[6][1]
         assert not isinstance(last, Undecodable) and last.type == "message.delta"
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+async def test_small_bulk_appends_never_wait_for_a_timeout(nats_url: str, count: int) -> None:
+    # With a 30 s request timeout, any wait on a missing acknowledgement would show up as
+    # tens of seconds; a correct exchange takes milliseconds. The bound is deliberately loose.
+    async with open_store(nats_url, isolated_settings(request_timeout=30.0)) as store:
+        loop = asyncio.get_running_loop()
+        for mode in ("fast", "atomic"):
+            started = loop.time()
+            results = await store.append_many([delta(i) for i in range(count)], mode=mode)
+            assert all(r.ok for r in results)
+            assert loop.time() - started < 10, f"{mode} append_many of {count} waited"
