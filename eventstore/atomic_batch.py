@@ -16,11 +16,12 @@ import asyncio
 import json
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 
+from eventstore.prepared import PreparedEvents
 from eventstore.publish import MSG_ID, Outgoing, publish_one_result
 from eventstore.reply_inbox import ReplyInbox
 from eventstore.settings import StoreSettings
@@ -61,27 +62,41 @@ def _results_from_ack(chunk: Sequence[Outgoing], data: bytes) -> list[AppendResu
     ]
 
 
+def _chunks(events: PreparedEvents, size: int) -> Iterator[tuple[list[int], list[Outgoing]]]:
+    """Indices and items of the next ``size`` sendable events, encoded only when reached."""
+    indices: list[int] = []
+    for index in range(len(events)):
+        if events.refusal(index) is None:
+            indices.append(index)
+            if len(indices) == size:
+                yield indices, [events.item(i) for i in indices]
+                indices = []
+    if indices:
+        yield indices, [events.item(i) for i in indices]
+
+
 async def append_atomic(
     nc: NatsClient,
-    items: Sequence[Outgoing],
+    events: PreparedEvents,
     settings: StoreSettings,
     progress: Callable[[int], None] | None = None,
 ) -> list[AppendResult]:
+    """Append in atomic batches with a sequence per event; refused events get ``error``."""
     batch_size = max(1, min(settings.batch_size, SERVER_MAX_BATCH))
     window = max(1, min(settings.max_inflight // batch_size, SERVER_MAX_OPEN_BATCHES // 2))
     answers: dict[str, asyncio.Future[bytes]] = {}
 
     def on_reply(tail: str, data: bytes) -> None:
-        future = answers.get(tail)
+        future = answers.pop(tail, None)
         if future is not None and not future.done():
             future.set_result(data)
 
-    results: list[AppendResult] = []
-    in_flight: deque[tuple[int, Sequence[Outgoing], asyncio.Future[bytes] | None]] = deque()
+    results: dict[int, AppendResult] = {}
+    in_flight: deque[tuple[list[int], list[Outgoing], asyncio.Future[bytes] | None]] = deque()
     loop = asyncio.get_running_loop()
 
     async def settle_oldest() -> None:
-        start, chunk, future = in_flight.popleft()
+        indices, chunk, future = in_flight.popleft()
         data: bytes | None = None
         if future is not None:
             try:
@@ -92,14 +107,12 @@ async def append_atomic(
         if confirmed is None:
             # Refused or unknown outcome: let each event speak for itself.
             confirmed = [await publish_one_result(nc, item, settings) for item in chunk]
-        results[start : start + len(chunk)] = confirmed
+        results.update(zip(indices, confirmed, strict=True))
         if progress is not None:
-            progress(start + len(chunk))
+            progress(len(results))
 
     async with ReplyInbox(nc, on_reply) as inbox:
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            results.extend(AppendResult(i.event_id, i.subject, error="pending") for i in chunk)
+        for indices, chunk in _chunks(events, batch_size):
             tail = uuid.uuid4().hex[:22]
             answer: asyncio.Future[bytes] = loop.create_future()
             answers[tail] = answer
@@ -108,12 +121,17 @@ async def append_atomic(
                 await publish_frames(nc, _batch_frames(chunk, tail, inbox.reply_subject(tail)))
             except (nats_errors.OutboundBufferLimitError, nats_errors.ConnectionClosedError):
                 future = None  # replayed event by event when settled
-            in_flight.append((start, chunk, future))
+            in_flight.append((indices, chunk, future))
             while len(in_flight) >= window:
                 await settle_oldest()
         while in_flight:
             await settle_oldest()
-    return results
+    for index in range(len(events)):
+        if index not in results:
+            refusal = events.refusal(index)
+            assert refusal is not None  # every sendable event was settled above
+            results[index] = refusal
+    return [results[index] for index in range(len(events))]
 
 
 __all__ = ["append_atomic"]

@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 MAX_ID_LENGTH = 256
 """Longest accepted id; ids become subject tokens, and longer ones are treated as hostile."""
@@ -96,18 +96,15 @@ class Event(BaseModel):
         missing = [name for name in self.REQUIRED if getattr(self, name) is None]
         if missing:
             raise ValueError(f"{self.type} requires {', '.join(missing)}")
-        if self.time.utcoffset() != UTC.utcoffset(None):
+        if self.time.tzinfo is not UTC:
+            # Stored in UTC so the JSON carries a "Z" (pydantic serializes it natively).
             object.__setattr__(self, "time", self.time.astimezone(UTC))
         return self
 
-    @field_serializer("time")
-    def _serialize_time(self, value: datetime) -> str:
-        # RFC 3339 in UTC with a Z suffix and microseconds: sortable as text.
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
     def to_json(self) -> bytes:
         """The body as stored on the stream (UTF-8 JSON, ``None`` fields left out)."""
-        return self.model_dump_json(exclude_none=True).encode()
+        # The serializer directly: this runs once per event on the bulk-append path.
+        return self.__pydantic_serializer__.to_json(self, exclude_none=True, by_alias=True)
 
 
 class RunEvent(Event):

@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from nats.aio.client import Client as NatsClient
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
@@ -29,9 +29,9 @@ _LAST_SEQ_RE = re.compile(r"wrong last sequence: (\d+)")
 RETRYABLE = (NatsTimeoutError, NoRespondersError, OutboundBufferLimitError, asyncio.TimeoutError)
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """An event ready for the wire: its id, subject and encoded body."""
+class Outgoing(NamedTuple):
+    """An event ready for the wire: its id, subject and encoded body (one per event on the
+    bulk path, hence a NamedTuple)."""
 
     event_id: str
     subject: str

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from eventstore import subjects
 from eventstore.envelope import Event, SystemEvent
 from eventstore.errors import SubjectError
@@ -31,9 +33,15 @@ def subject_for(event: Event, root: str = subjects.DEFAULT_ROOT) -> str:
         return subjects.sys_subject(SYS_KINDS.get(event.type, event.type.split(".")[0]), root)
     if event.session_id is None or event.run_id is None:
         raise SubjectError(f"{event.type} needs session_id and run_id to be routed")
-    if event.type in TERMINAL_TYPES:
-        return subjects.run_end_subject(event.session_id, event.run_id, root)
-    return subjects.run_out_subject(event.session_id, event.run_id, root)
+    return _run_subject(root, event.session_id, event.run_id, event.type in TERMINAL_TYPES)
+
+
+@functools.lru_cache(maxsize=16_384)
+def _run_subject(root: str, session_id: str, run_id: str, terminal: bool) -> str:
+    # Runs emit many events in a row; building and escaping their subject once is enough.
+    if terminal:
+        return subjects.run_end_subject(session_id, run_id, root)
+    return subjects.run_out_subject(session_id, run_id, root)
 
 
 def _command_subject(event: Event, root: str) -> str:

@@ -24,6 +24,7 @@ from eventstore.connection import ConnectOptions, connect, parse_version
 from eventstore.envelope import Event
 from eventstore.fast_batch import FastIngestUnavailable, append_fast
 from eventstore.jsapi import api_request
+from eventstore.prepared import HEADER_ALLOWANCE, PreparedEvents
 from eventstore.provision import FAST_INGEST_VERSION, EnsureReport, ensure_buckets, ensure_stream
 from eventstore.publish import Outgoing, publish_one, publish_one_result
 from eventstore.reading import ReadRange, consume
@@ -122,48 +123,35 @@ class EventStore:
         the server has it. ``progress`` is called with the number of leading events
         confirmed so far (for progress bars; oversized events are not counted).
         """
-        items: list[Outgoing] = []
-        oversized: dict[int, AppendResult] = {}
-        for index, event in enumerate(events):
-            item = self.outgoing(event)
-            if len(item.body) > self.settings.max_msg_size:
-                reason = (
-                    f"{len(item.body)} bytes exceeds the {self.settings.max_msg_size}-byte "
-                    "event limit; put large content in the Object Store and reference it"
-                )
-                oversized[index] = AppendResult(item.event_id, item.subject, error=reason)
-            else:
-                items.append(item)
-        stored = await self._append_items(items, mode, progress)
-        if not oversized:
-            return stored
-        merged: list[AppendResult] = []
-        stored_iter = iter(stored)
-        for index in range(len(events)):
-            merged.append(oversized[index] if index in oversized else next(stored_iter))
-        return merged
-
-    async def _append_items(
-        self, items: list[Outgoing], mode: BatchMode, progress: Callable[[int], None] | None
-    ) -> list[AppendResult]:
-        if not items:
-            return []
+        prepared = PreparedEvents(events, self.outgoing, self._size_limit())
         if mode == "single":
-            results = []
-            for item in items:
-                results.append(await publish_one_result(self.nc, item, self.settings))
-                if progress is not None:
-                    progress(len(results))
-            return results
+            return await self._append_single(prepared, progress)
         if mode in ("auto", "fast") and self._fast_ingest:
             try:
-                return await append_fast(self.nc, items, self.settings, progress)
+                return await append_fast(self.nc, prepared, self.settings, progress)
             except FastIngestUnavailable as exc:
                 if mode == "fast":
                     raise
                 log.info("fast ingest unavailable (%s); using atomic batches", exc)
                 self._fast_ingest = False
-        return await append_atomic(self.nc, items, self.settings, progress)
+        return await append_atomic(self.nc, prepared, self.settings, progress)
+
+    def _size_limit(self) -> int:
+        server_limit = int(self.nc.max_payload or self.settings.max_msg_size) - HEADER_ALLOWANCE
+        return min(self.settings.max_msg_size, server_limit)
+
+    async def _append_single(
+        self, prepared: PreparedEvents, progress: Callable[[int], None] | None
+    ) -> list[AppendResult]:
+        results = []
+        for index in range(len(prepared)):
+            refusal = prepared.refusal(index)
+            if refusal is None:
+                refusal = await publish_one_result(self.nc, prepared.item(index), self.settings)
+            results.append(refusal)
+            if progress is not None:
+                progress(len(results))
+        return results
 
     # -- reading -----------------------------------------------------------------
 

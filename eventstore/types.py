@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from eventstore.codec import Undecodable
 from eventstore.envelope import Event
@@ -14,8 +13,7 @@ Record = tuple[int, Event | Undecodable]
 """``(stream sequence, event)``; an event that cannot be decoded comes as Undecodable."""
 
 
-@dataclass(frozen=True, slots=True)
-class AppendResult:
+class AppendResult(NamedTuple):
     """What became of one appended event.
 
     ``seq`` is the stream sequence the event is stored at. It is ``None`` only for events
@@ -23,6 +21,8 @@ class AppendResult:
     them by count, not one by one. ``duplicate`` is ``True`` when the server already held
     an event with this id (G3) and ``None`` when the batch mode cannot tell. ``error`` is
     set when the event was not stored; the caller may retry it with the same id.
+
+    A NamedTuple rather than a dataclass: bulk appends build one per event.
     """
 
     event_id: str
