@@ -7,7 +7,7 @@ the caller or the end of the requested range (G6).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,7 +19,7 @@ from nats.js.client import JetStreamContext
 
 from eventstore.codec import decode
 from eventstore.settings import StoreSettings
-from eventstore.types import Record
+from eventstore.types import StoredRecord
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +47,27 @@ def _consumer_config(window: ReadRange, settings: StoreSettings) -> api.Consumer
     )
 
 
-def to_record(msg: Msg, settings: StoreSettings) -> Record:
+def to_record(msg: Msg, settings: StoreSettings) -> StoredRecord:
     meta = msg.metadata
     seq = meta.sequence.stream
     headers = dict(msg.headers) if msg.headers else {}
-    return seq, decode(
-        msg.data,
-        seq=seq,
-        subject=msg.subject,
-        stored_at=meta.timestamp,
-        max_size=settings.max_msg_size,
-        headers=headers,
+    return StoredRecord(
+        seq,
+        msg.subject,
+        decode(
+            msg.data,
+            seq=seq,
+            subject=msg.subject,
+            stored_at=meta.timestamp,
+            max_size=settings.max_msg_size,
+            headers=headers,
+        ),
     )
 
 
 async def consume(
     js: JetStreamContext, window: ReadRange, settings: StoreSettings
-) -> AsyncIterator[Record]:
+) -> AsyncGenerator[StoredRecord]:
     """Yield records in stream order; a bounded read stops at the end of its range."""
     subscription = await js.subscribe(
         window.subject_filter or settings.subjects_wildcard,
@@ -84,10 +88,11 @@ async def consume(
                 msg = await subscription.next_msg(timeout=None)
             except NatsTimeoutError:
                 continue
-            seq, item = to_record(msg, settings)
+            record = to_record(msg, settings)
+            seq = record.seq
             if window.until_seq is not None and seq > window.until_seq:
                 return
-            yield seq, item
+            yield record
             if not window.follow and (msg.metadata.num_pending == 0 or seq == window.until_seq):
                 return
     finally:

@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Literal, Self
 
@@ -30,7 +31,7 @@ from eventstore.publish import Outgoing, publish_one, publish_one_result
 from eventstore.reading import ReadRange, consume
 from eventstore.routing import subject_for
 from eventstore.settings import StoreSettings
-from eventstore.types import AppendResult, Record
+from eventstore.types import AppendResult, Record, StoredRecord
 
 log = logging.getLogger(__name__)
 
@@ -166,13 +167,25 @@ class EventStore:
         """Stored records from ``from_seq`` (or ``start_time``) to ``until_seq`` or the
         end of the log as it is when the read reaches it."""
         window = ReadRange(from_seq, until_seq, start_time, subject_filter, follow=False)
-        return consume(self.js, window, self.settings)
+        return _without_subjects(consume(self.js, window, self.settings))
 
     def subscribe(
         self, from_seq: int = 1, subject_filter: str | None = None
     ) -> AsyncIterator[Record]:
         """Like :meth:`read`, then follow new events as they are appended, forever."""
         window = ReadRange(from_seq, None, None, subject_filter, follow=True)
+        return _without_subjects(consume(self.js, window, self.settings))
+
+    def records(
+        self,
+        from_seq: int = 1,
+        *,
+        follow: bool = False,
+        until_seq: int | None = None,
+        subject_filter: str | None = None,
+    ) -> AsyncGenerator[StoredRecord]:
+        """Like :meth:`read` / :meth:`subscribe` (``follow``), with each record's subject."""
+        window = ReadRange(from_seq, until_seq, None, subject_filter, follow=follow)
         return consume(self.js, window, self.settings)
 
     async def last_on_subject(self, subject: str) -> Record | None:
@@ -192,6 +205,15 @@ class EventStore:
             headers=headers,
         )
 
+    async def seq_before(self, moment: datetime) -> int:
+        """The last stream sequence stored before ``moment`` (0 if none)."""
+        async with contextlib.aclosing(
+            consume(self.js, ReadRange(start_time=moment), self.settings)
+        ) as records:
+            async for record in records:
+                return record.seq - 1
+        return await self.last_seq()
+
     async def last_seq(self) -> int:
         """The stream's last sequence (0 for an empty log)."""
         info = await api_request(
@@ -200,6 +222,14 @@ class EventStore:
             timeout=self.settings.request_timeout,
         )
         return int(info["state"]["last_seq"])
+
+
+async def _without_subjects(records: AsyncGenerator[StoredRecord]) -> AsyncIterator[Record]:
+    try:
+        async for record in records:
+            yield record.seq, record.item
+    finally:
+        await records.aclose()  # unsubscribes the consumer now, not when collected
 
 
 __all__ = ["BatchMode", "EventStore"]

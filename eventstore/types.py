@@ -13,6 +13,14 @@ Record = tuple[int, Event | Undecodable]
 """``(stream sequence, event)``; an event that cannot be decoded comes as Undecodable."""
 
 
+class StoredRecord(NamedTuple):
+    """A record with the subject it is stored on (projectors keep the actual subject)."""
+
+    seq: int
+    subject: str
+    item: Event | Undecodable
+
+
 class AppendResult(NamedTuple):
     """What became of one appended event.
 
@@ -59,4 +67,4 @@ class EventLog(Protocol):
     ) -> AsyncIterator[Record]: ...
 
 
-__all__ = ["AppendResult", "EventLog", "Record"]
+__all__ = ["AppendResult", "EventLog", "Record", "StoredRecord"]

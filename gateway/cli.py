@@ -1,8 +1,9 @@
 """The ``jetledger`` command line (DESIGN §6). Commands that talk to NATS take
 ``--nats-url`` (default: ``$JETLEDGER_NATS_URL``, else ``nats://127.0.0.1:4222``).
 
-Today: ``server`` (embedded nats-server), ``schema`` (JSON Schema of the catalog) and
-``ensure`` (create or update the stream, KV buckets and object store).
+Today: ``server`` (embedded nats-server), ``schema`` (JSON Schema of the catalog),
+``ensure`` (create or update the stream, KV buckets and object store), and the read-model
+commands ``project``, ``replay``, ``verify``, ``runs``, ``audit``, ``export``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import typer
 from eventstore.connection import ConnectOptions
 from eventstore.errors import EventStoreError
 from eventstore.settings import StoreSettings, nats_url_from_env
+from gateway.cli_readmodel import register as register_readmodel_commands
 
 DEFAULT_NATS_PORT = 4222
 
@@ -116,6 +118,9 @@ def ensure(nats_url: NatsUrl = "") -> None:
 
 def main() -> None:
     app()
+
+
+register_readmodel_commands(app)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
-from eventstore.codec import Undecodable
-from eventstore.envelope import Event
+from eventstore.types import StoredRecord
 from projections.rows import (
     EventRow,
     GroupRow,
@@ -34,12 +33,9 @@ TABLES = ("events", "rejected", "sessions", "runs", "transcript", "groups", "wor
 """Every read-model table, in the order ``dump`` returns them."""
 
 
-class SourceRecord(NamedTuple):
-    """One stored message as the projector sees it: position, actual subject, content."""
-
-    seq: int
-    subject: str
-    item: Event | Undecodable
+SourceRecord = StoredRecord
+"""One stored message as the projector sees it: ``(seq, subject, item)``, where item is an
+Event or an Undecodable."""
 
 
 @dataclass(slots=True)

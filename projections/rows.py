@@ -15,7 +15,14 @@ JSON = Any
 """A JSON-compatible value (dict, list, str, int, float, bool or None)."""
 
 RunStatus = Literal[
-    "queued", "running", "waiting", "asked_user", "completed", "failed", "cancelled", "dead_lettered"
+    "queued",
+    "running",
+    "waiting",
+    "asked_user",
+    "completed",
+    "failed",
+    "cancelled",
+    "dead_lettered",
 ]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "dead_lettered"})
 
