@@ -15,7 +15,14 @@ from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.tree import Tree
 
@@ -71,7 +78,7 @@ def _progress() -> Progress:
 
 
 def _batch_reporter(
-    progress: Progress, task: int, start_seq: int
+    progress: Progress, task: TaskID, start_seq: int
 ) -> Callable[[BatchApplied], None]:
     loop = asyncio.get_running_loop()
     started = loop.time()

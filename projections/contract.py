@@ -47,6 +47,9 @@ class BatchKeys:
     group_ids: set[str] = field(default_factory=set)
     turn_ids: set[str] = field(default_factory=set)
     worker_ids: set[str] = field(default_factory=set)
+    event_ids: set[str] = field(default_factory=set)
+    """Ids of the batch's events: a repeat of an already projected event (republished
+    after the dedupe window) must be skipped, not applied twice."""
 
 
 @dataclass(slots=True)
@@ -58,6 +61,8 @@ class Snapshot:
     groups: dict[str, GroupRow] = field(default_factory=dict)
     turns: dict[str, TranscriptRow] = field(default_factory=dict)
     workers: dict[str, WorkerRow] = field(default_factory=dict)
+    known_event_ids: set[str] = field(default_factory=set)
+    """Those of ``BatchKeys.event_ids`` already in the EventLog."""
 
 
 @dataclass(slots=True)

@@ -1,0 +1,352 @@
+"""The read model's SQL on one DuckDB connection, synchronous.
+
+:class:`DuckDbDatabase` is not thread-safe: :class:`~projections.duckdb_backend.
+DuckDbReadModel` calls it from its single worker thread only. Scripts that need no
+event loop (an offline audit of an exported file) may use it directly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from projections.contract import TABLES, BatchKeys, Changes, RunFilter, Snapshot
+from projections.duckdb_tables import SPECS, encode_time, quote
+from projections.rows import (
+    EventRow,
+    GroupRow,
+    RejectedRow,
+    RunRow,
+    SessionRow,
+    StateRow,
+    TranscriptRow,
+    WorkerRow,
+)
+
+_ACTIVE_VERSION = "active_version"
+_RUN_FILTER_COLUMNS = ("status", "agent_type", "session_id", "root_run_id", "parent_run_id")
+_OLDEST_RUN_FIRST = '"first_seq", "run_id"'
+
+
+class ReadModelNotFoundError(LookupError):
+    """A read-only open found no tables for the namespace and schema version."""
+
+
+class CheckpointNotAdvancedError(ValueError):
+    """A commit would not move the checkpoint forward: another projector got there."""
+
+
+class DuckDbDatabase:
+    """Tables ``{namespace}_v{schema_version}_{table}`` for every table in ``TABLES``,
+    ``{namespace}_v{schema_version}_checkpoint`` (``id`` = 1, ``seq``) and the shared
+    ``{namespace}_meta`` (``key``, ``value``) that records ``active_version``."""
+
+    def __init__(
+        self, connection: duckdb.DuckDBPyConnection, namespace: str, schema_version: int
+    ) -> None:
+        self.connection = connection
+        self.namespace = namespace
+        self.schema_version = schema_version
+        self._meta = quote(f"{namespace}_meta")
+        self._checkpoint = quote(self.table_name("checkpoint"))
+        self._inserts = {
+            name: spec.insert_sql(self.table_name(name)) for name, spec in SPECS.items()
+        }
+        self._deletes = {
+            name: spec.delete_sql(self.table_name(name)) for name, spec in SPECS.items()
+        }
+
+    @classmethod
+    def open(
+        cls, path: str, namespace: str, schema_version: int, *, read_only: bool = False
+    ) -> DuckDbDatabase:
+        """Connect; read-write creates the tables, read-only requires them to exist."""
+        if not read_only and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        connection = duckdb.connect(path, read_only=read_only)
+        database = cls(connection, namespace, schema_version)
+        try:
+            if read_only:
+                database.require_tables()
+            else:
+                database.create_tables()
+        except BaseException:
+            connection.close()
+            raise
+        return database
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def table_name(self, table: str, version: int | None = None) -> str:
+        """Unquoted name of ``table`` at ``version`` (default: this schema version)."""
+        return f"{self.namespace}_v{self.schema_version if version is None else version}_{table}"
+
+    # ----------------------------------------------------------- schema
+
+    def create_tables(self) -> None:
+        with self._transaction():
+            execute = self.connection.execute
+            execute(
+                f"CREATE TABLE IF NOT EXISTS {self._meta} "
+                '("key" VARCHAR PRIMARY KEY, value VARCHAR)'
+            )
+            execute(
+                f"CREATE TABLE IF NOT EXISTS {self._checkpoint} "
+                "(id INTEGER PRIMARY KEY, seq BIGINT NOT NULL)"
+            )
+            execute(f"INSERT INTO {self._checkpoint} VALUES (1, 0) ON CONFLICT DO NOTHING")
+            for name, spec in SPECS.items():
+                for statement in spec.create_sql(self.table_name(name)):
+                    execute(statement)
+
+    def require_tables(self) -> None:
+        present = {
+            name
+            for (name,) in self.connection.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE starts_with(table_name, ?)",
+                [self.namespace],
+            ).fetchall()
+        }
+        wanted = {self.table_name(name) for name in (*TABLES, "checkpoint")}
+        if missing := sorted(wanted - present):
+            raise ReadModelNotFoundError(
+                f"no read model v{self.schema_version} in namespace {self.namespace!r} "
+                f"(missing {', '.join(missing)}): run the projector on this file first"
+            )
+
+    # ----------------------------------------------------------- writes
+
+    def commit(self, changes: Changes) -> None:
+        """``changes`` and the new checkpoint in one transaction (G4)."""
+        writes = self._writes(changes)  # built before the transaction: it stays short
+        try:
+            with self._transaction():
+                # first, so a racing projector fails on the checkpoint, not on a duplicate key
+                self._advance_checkpoint(changes.last_seq)
+                for statement, parameters in writes:
+                    self.connection.execute(statement, parameters)
+        except duckdb.TransactionException as exc:
+            raise CheckpointNotAdvancedError(
+                f"checkpoint: another writer committed to {self.table_name('*')} at the same "
+                f"time (DuckDB transaction conflict); only one projector may write: {exc}"
+            ) from exc
+
+    def _writes(self, changes: Changes) -> list[tuple[str, list[list[Any]]]]:
+        writes = [
+            (self._inserts[table], SPECS[table].to_columns(rows))
+            for table, rows in (("events", changes.events), ("rejected", changes.rejected))
+            if rows
+        ]
+        for table, keyed in (
+            ("sessions", changes.sessions),
+            ("runs", changes.runs),
+            ("transcript", changes.turns),
+            ("groups", changes.groups),
+            ("workers", changes.workers),
+            ("state", changes.states),
+        ):
+            if keyed:
+                spec = SPECS[table]
+                columns = spec.to_columns(keyed.values())
+                writes.append((self._deletes[table], spec.key_columns(columns)))
+                writes.append((self._inserts[table], columns))
+        return writes
+
+    def _advance_checkpoint(self, last_seq: int) -> None:
+        moved = self.connection.execute(
+            f"UPDATE {self._checkpoint} SET seq = ? WHERE id = 1 AND seq < ? RETURNING seq",
+            [last_seq, last_seq],
+        ).fetchall()
+        if not moved:
+            raise CheckpointNotAdvancedError(
+                f"checkpoint of read model {self.table_name('*')} is already "
+                f"{self._read_checkpoint()}: a commit up to {last_seq} would not move it "
+                "forward (did another projector apply this batch?)"
+            )
+
+    def activate(self) -> None:
+        self.connection.execute(
+            f"INSERT INTO {self._meta} VALUES (?, ?) "
+            'ON CONFLICT ("key") DO UPDATE SET value = excluded.value',
+            [_ACTIVE_VERSION, str(self.schema_version)],
+        )
+
+    def drop_version(self, version: int) -> None:
+        if version == self.schema_version:
+            raise ValueError(f"version {version} is this backend's own; use drop_namespace()")
+        if version == self.active_version():
+            raise ValueError(f"version {version} is the active read model; activate another")
+        self._drop([self.table_name(table, version) for table in (*TABLES, "checkpoint")])
+
+    def drop_namespace(self) -> None:
+        versioned = re.compile(re.escape(self.namespace) + r"_v\d+_[a-z]+")
+        meta = f"{self.namespace}_meta"
+        tables = self.connection.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        self._drop(name for (name,) in tables if name == meta or versioned.fullmatch(name))
+
+    def _drop(self, tables: Iterable[str]) -> None:
+        with self._transaction():
+            for table in tables:
+                self.connection.execute(f"DROP TABLE IF EXISTS {quote(table)}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.connection.begin()
+        try:
+            yield
+        except BaseException:
+            self.connection.rollback()
+            raise
+        self.connection.commit()
+
+    # ----------------------------------------------------------- reads
+
+    def checkpoint(self) -> int:
+        return self._read_checkpoint()
+
+    def _read_checkpoint(self) -> int:
+        row = self.connection.execute(f"SELECT seq FROM {self._checkpoint} WHERE id = 1").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def active_version(self) -> int | None:
+        row = self.connection.execute(
+            f'SELECT value FROM {self._meta} WHERE "key" = ?', [_ACTIVE_VERSION]
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def load(self, keys: BatchKeys) -> Snapshot:
+        return Snapshot(
+            runs=self._by_key("runs", "run_id", keys.run_ids),
+            sessions=self._by_key("sessions", "session_id", keys.session_ids),
+            groups=self._by_key("groups", "group_id", keys.group_ids),
+            turns=self._by_key("transcript", "turn_id", keys.turn_ids),
+            workers=self._by_key("workers", "worker_id", keys.worker_ids),
+        )
+
+    def _by_key(self, table: str, key: str, ids: set[str]) -> dict[str, Any]:
+        if not ids:
+            return {}
+        where = f"list_contains(?::VARCHAR[], {quote(key)})"  # measured faster than IN
+        return {getattr(row, key): row for row in self._rows(table, where, [sorted(ids)])}
+
+    def dump(self) -> dict[str, list[dict[str, Any]]]:
+        dumped: dict[str, list[dict[str, Any]]] = {}
+        for name, spec in SPECS.items():
+            sql = f"{spec.select_sql(self.table_name(name))} ORDER BY {spec.order_by_key}"
+            dumped[name] = [
+                spec.to_dict(values) for values in self.connection.execute(sql).fetchall()
+            ]
+        return dumped
+
+    def counts(self) -> dict[str, int]:
+        per_table = " UNION ALL ".join(
+            f"SELECT '{name}', count(*) FROM {quote(self.table_name(name))}" for name in TABLES
+        )
+        counts = {name: int(count) for name, count in self.connection.execute(per_table).fetchall()}
+        by_status = self.connection.execute(
+            f"SELECT status, count(*) FROM {quote(self.table_name('runs'))} GROUP BY status"
+        ).fetchall()
+        counts.update({f"runs:{status}": int(count) for status, count in by_status})
+        return counts
+
+    def get_run(self, run_id: str) -> RunRow | None:
+        row: RunRow | None = self._first("runs", '"run_id" = ?', [run_id])
+        return row
+
+    def list_runs(self, query: RunFilter) -> list[RunRow]:
+        conditions, params = ["true"], list[Any]()
+        for column in _RUN_FILTER_COLUMNS:
+            value = getattr(query, column)
+            if value is not None:
+                conditions.append(f"{quote(column)} = ?")
+                params.append(value)
+        if query.before_seq is not None:
+            conditions.append('"first_seq" < ?')
+            params.append(query.before_seq)
+        where = " AND ".join(conditions)
+        return self._rows("runs", where, params, '"first_seq" DESC, "run_id" DESC', query.limit)
+
+    def children(self, run_id: str) -> list[RunRow]:
+        return self._rows("runs", '"parent_run_id" = ?', [run_id], _OLDEST_RUN_FIRST)
+
+    def tree(self, root_run_id: str) -> list[RunRow]:
+        where = '"run_id" = ? OR "root_run_id" = ?'
+        return self._rows("runs", where, [root_run_id, root_run_id], _OLDEST_RUN_FIRST)
+
+    def run_events(self, run_id: str) -> list[EventRow]:
+        return self._rows("events", '"run_id" = ?', [run_id], '"seq"')
+
+    def events(
+        self,
+        after_seq: int = 0,
+        limit: int = 100,
+        event_type: str | None = None,
+        session_id: str | None = None,
+    ) -> list[EventRow]:
+        conditions, params = ['"seq" > ?'], list[Any]([after_seq])
+        for column, value in (("session_id", session_id), ("type", event_type)):
+            if value is not None:
+                conditions.append(f"{quote(column)} = ?")
+                params.append(value)
+        return self._rows("events", " AND ".join(conditions), params, '"seq"', limit)
+
+    def get_session(self, session_id: str) -> SessionRow | None:
+        row: SessionRow | None = self._first("sessions", '"session_id" = ?', [session_id])
+        return row
+
+    def list_sessions(self, limit: int = 50, before: datetime | None = None) -> list[SessionRow]:
+        where, params = "true", list[Any]()
+        if before is not None:
+            where, params = '"last_activity" < make_timestamptz(?)', [encode_time(before)]
+        order = '"last_activity" DESC, "session_id" DESC'
+        return self._rows("sessions", where, params, order, limit)
+
+    def transcript(self, session_id: str) -> list[TranscriptRow]:
+        return self._rows("transcript", '"session_id" = ?', [session_id], '"seq_from", "turn_id"')
+
+    def get_group(self, group_id: str) -> GroupRow | None:
+        row: GroupRow | None = self._first("groups", '"group_id" = ?', [group_id])
+        return row
+
+    def list_workers(self) -> list[WorkerRow]:
+        return self._rows("workers", "true", [], '"worker_id"')
+
+    def get_state(self, scope: str, scope_id: str, key: str) -> StateRow | None:
+        where = '"scope" = ? AND "scope_id" = ? AND "key" = ?'
+        row: StateRow | None = self._first("state", where, [scope, scope_id, key])
+        return row
+
+    def list_rejected(self, after_seq: int = 0, limit: int = 100) -> list[RejectedRow]:
+        return self._rows("rejected", '"seq" > ?', [after_seq], '"seq"', limit)
+
+    def _first(self, table: str, where: str, params: Sequence[Any]) -> Any:
+        rows = self._rows(table, where, params, SPECS[table].order_by_key, 1)
+        return rows[0] if rows else None
+
+    def _rows(
+        self,
+        table: str,
+        where: str,
+        params: Sequence[Any],
+        order_by: str | None = None,
+        limit: int | None = None,
+    ) -> list[Any]:
+        spec = SPECS[table]
+        sql = f"{spec.select_sql(self.table_name(table))} WHERE {where}"
+        bound = list(params)
+        if order_by is not None:
+            sql += f" ORDER BY {order_by}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            bound.append(max(limit, 0))
+        return [spec.to_row(values) for values in self.connection.execute(sql, bound).fetchall()]
+
+
+__all__ = ["CheckpointNotAdvancedError", "DuckDbDatabase", "ReadModelNotFoundError"]

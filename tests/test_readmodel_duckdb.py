@@ -1,0 +1,323 @@
+"""The read-model suite on DuckDB, plus what only DuckDB has: one writer process,
+read-only readers, a worker thread per backend, columnar bulk inserts."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+from readmodel_suite import (
+    ReadModelSuite,
+    at,
+    changes_of,
+    event_row,
+    new_namespace,
+    run_row,
+    session_row,
+    turn_row,
+    world_changes,
+)
+
+from projections.contract import TABLES, ReadModelBackend
+from projections.duckdb_backend import (
+    CheckpointNotAdvancedError,
+    DuckDbReadModel,
+    ReadModelNotFoundError,
+    ReadModelNotStartedError,
+    ReadOnlyReadModelError,
+)
+from projections.sql_backend import SqlReadModel
+
+
+class TestDuckDbReadModel(ReadModelSuite):
+    integrity_error = duckdb.ConstraintException
+
+    @pytest.fixture(autouse=True)
+    def _database(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "readmodel.duckdb"
+
+    async def make_backend(self, namespace: str, schema_version: int) -> ReadModelBackend:
+        return DuckDbReadModel(self.path, namespace=namespace, schema_version=schema_version)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "rm.duckdb"
+
+
+async def test_dump_equals_the_sqlite_dump(tmp_path: Path, db_path: Path) -> None:
+    """``verify`` may compare any two backends: the same changes dump equal."""
+    duck = DuckDbReadModel(db_path)
+    lite = SqlReadModel(f"sqlite+aiosqlite:///{tmp_path}/rm.db")
+    try:
+        for backend in (duck, lite):
+            await backend.start()
+            await backend.commit(world_changes())
+        assert await duck.dump() == await lite.dump()
+        assert await duck.counts() == await lite.counts()
+    finally:
+        await duck.close()
+        await lite.close()
+
+
+async def test_nested_directories_are_created(tmp_path: Path) -> None:
+    model = DuckDbReadModel(tmp_path / "a" / "b" / "rm.duckdb")
+    try:
+        await model.start()
+        assert model.name == "duckdb"
+        assert (tmp_path / "a" / "b" / "rm.duckdb").is_file()
+    finally:
+        await model.close()
+
+
+async def test_columns_are_native_timestamptz_and_json(db_path: Path) -> None:
+    """Analysts query the file with DuckDB itself: times and JSON have real types."""
+    model = DuckDbReadModel(db_path, namespace="jl")
+    await model.start()
+    await model.commit(world_changes())
+    await model.close()
+    with duckdb.connect(str(db_path), read_only=True) as conn:
+        row = conn.execute(
+            "SELECT typeof(time), typeof(data), epoch_us(time), data->>'text' "
+            "FROM jl_v1_events WHERE seq = 4"
+        ).fetchone()
+    epoch_us = (at(4) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert row == ("TIMESTAMP WITH TIME ZONE", "JSON", epoch_us, "he")
+
+
+async def test_read_only_backend_reads_and_refuses_writes(db_path: Path) -> None:
+    writer = DuckDbReadModel(db_path)
+    await writer.start()
+    await writer.commit(world_changes())
+    await writer.activate()
+    await writer.close()
+
+    reader = DuckDbReadModel(db_path, read_only=True)
+    try:
+        await reader.start()
+        assert await reader.checkpoint() == 16
+        assert await reader.active_version() == 1
+        assert await reader.get_run("r1") is not None
+        with pytest.raises(ReadOnlyReadModelError, match="read-only"):
+            await reader.commit(changes_of(17, events=[event_row(17)]))
+        with pytest.raises(ReadOnlyReadModelError):
+            await reader.activate()
+        with pytest.raises(ReadOnlyReadModelError):
+            await reader.drop_version(2)
+        assert await reader.checkpoint() == 16
+    finally:
+        await reader.close()
+
+
+async def test_read_only_open_of_a_missing_model_says_what_to_do(db_path: Path) -> None:
+    writer = DuckDbReadModel(db_path, namespace="other")
+    await writer.start()
+    await writer.close()
+    reader = DuckDbReadModel(db_path, read_only=True)
+    with pytest.raises(ReadModelNotFoundError, match="run the projector"):
+        await reader.start()
+    await reader.close()
+
+
+def test_another_process_reads_read_only_once_the_writer_is_gone(db_path: Path) -> None:
+    """DuckDB's rule: one read-write process, or any number of read-only ones."""
+    script = (
+        "import asyncio, sys\n"
+        "from projections.duckdb_backend import DuckDbReadModel\n"
+        "async def main():\n"
+        "    model = DuckDbReadModel(sys.argv[1], read_only=True)\n"
+        "    await model.start()\n"
+        "    print((await model.counts())['events'], await model.checkpoint())\n"
+        "    await model.close()\n"
+        "asyncio.run(main())\n"
+    )
+
+    async def write() -> DuckDbReadModel:
+        writer = DuckDbReadModel(db_path)
+        await writer.start()
+        await writer.commit(world_changes())
+        return writer
+
+    def read() -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-c", script, str(db_path)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    async def scenario() -> None:
+        writer = await write()
+        try:
+            locked_out = read()  # the writer holds the file lock
+            assert locked_out.returncode != 0
+            assert "lock" in locked_out.stderr.lower()
+        finally:
+            await writer.close()
+        reader = read()
+        assert reader.returncode == 0, reader.stderr
+        assert reader.stdout.split() == ["14", "16"]
+
+    asyncio.run(scenario())
+
+
+async def test_calls_before_start_and_after_close_are_refused(db_path: Path) -> None:
+    model = DuckDbReadModel(db_path)
+    with pytest.raises(ReadModelNotStartedError, match="start"):
+        await model.checkpoint()
+    await model.start()
+    await model.close()
+    with pytest.raises(ReadModelNotStartedError):
+        await model.counts()
+
+
+async def test_the_event_loop_runs_while_a_big_batch_commits(db_path: Path) -> None:
+    model = DuckDbReadModel(db_path)
+    await model.start()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    events = [event_row(seq, run_id=f"r{seq % 100}") for seq in range(1, 50_001)]
+    ticking = asyncio.create_task(ticker())
+    try:
+        await model.commit(changes_of(50_000, events=events))
+    finally:
+        ticking.cancel()
+        await model.close()
+    assert ticks > 3
+
+
+async def test_concurrent_calls_share_the_worker_thread(db_path: Path) -> None:
+    model = DuckDbReadModel(db_path)
+    await model.start()
+    try:
+        batches = [
+            changes_of(seq, events=[event_row(seq)], runs=[run_row(f"r{seq}", seq)])
+            for seq in range(1, 21)
+        ]
+        reads = [model.counts() for _ in range(20)]
+        # commits are queued in order on the one thread, reads interleave freely
+        await asyncio.gather(*(model.commit(batch) for batch in batches), *reads)
+        assert await model.checkpoint() == 20
+        assert (await model.counts())["runs"] == 20
+    finally:
+        await model.close()
+
+
+async def test_racing_writers_in_one_process_commit_once(db_path: Path) -> None:
+    namespace = new_namespace()
+    first = DuckDbReadModel(db_path, namespace=namespace)
+    second = DuckDbReadModel(db_path, namespace=namespace)
+    await first.start()
+    await second.start()
+    try:
+        batch = changes_of(100, events=[event_row(seq) for seq in range(1, 101)])
+        outcomes = await asyncio.gather(
+            first.commit(batch), second.commit(batch), return_exceptions=True
+        )
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        assert len(failures) == 1
+        assert isinstance(failures[0], CheckpointNotAdvancedError)
+        assert isinstance(failures[0], ValueError)
+        assert "checkpoint" in str(failures[0])
+        assert (await first.counts())["events"] == 100
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_naive_datetimes_are_refused(db_path: Path) -> None:
+    model = DuckDbReadModel(db_path)
+    await model.start()
+    try:
+        naive = run_row("r1", 1, created_at=datetime(2025, 1, 1))  # noqa: DTZ001
+        with pytest.raises(ValueError, match="naive"):
+            await model.commit(changes_of(1, runs=[naive]))
+        assert await model.checkpoint() == 0
+    finally:
+        await model.close()
+
+
+@pytest.mark.parametrize("namespace", ["", "1abc", "UPPER", "a-b", "x" * 25, 'a"; drop'])
+def test_bad_namespaces_are_refused(namespace: str) -> None:
+    with pytest.raises(ValueError, match="namespace"):
+        DuckDbReadModel("x.duckdb", namespace=namespace)
+
+
+async def test_drop_version_refuses_own_and_active_versions(db_path: Path) -> None:
+    old, new = (
+        DuckDbReadModel(db_path, schema_version=1),
+        DuckDbReadModel(db_path, schema_version=2),
+    )
+    try:
+        await old.start()
+        await new.start()
+        await old.activate()
+        with pytest.raises(ValueError, match="own"):
+            await new.drop_version(2)
+        with pytest.raises(ValueError, match="active"):
+            await new.drop_version(1)
+        await new.activate()
+        await new.drop_version(1)
+    finally:
+        await old.close()
+        await new.close()
+
+
+async def test_drop_namespace_leaves_other_namespaces(db_path: Path) -> None:
+    doomed = DuckDbReadModel(db_path, namespace="doomed")
+    kept = DuckDbReadModel(db_path, namespace="kept")
+    try:
+        await doomed.start()
+        await kept.start()
+        await doomed.activate()
+        await doomed.drop_namespace()
+    finally:
+        await doomed.close()
+        await kept.close()
+    with duckdb.connect(str(db_path), read_only=True) as conn:
+        names = {
+            name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        }
+    assert not any(name.startswith("doomed_") for name in names)
+    assert {"kept_meta", "kept_v1_runs", "kept_v1_checkpoint"} <= names
+
+
+@pytest.mark.slow
+async def test_bulk_commit_throughput(db_path: Path) -> None:
+    """100,000 events with their runs, sessions and turns in batches of 5,000. The
+    projector's target is 50,000 events/s overall; the backend alone must be well above
+    it (``executemany`` would manage about 2,000 rows/s)."""
+    model = DuckDbReadModel(db_path)
+    await model.start()
+    batch_size, total = 5_000, 100_000
+    elapsed = 0.0
+    try:
+        for first in range(1, total + 1, batch_size):
+            seqs = range(first, first + batch_size)
+            events = [
+                event_row(seq, session_id=f"s{seq // 1000}", run_id=f"r{seq // 50}") for seq in seqs
+            ]
+            runs = [run_row(f"r{seq // 50}", seq - seq % 50, last_seq=seq) for seq in seqs[::50]]
+            turns = [
+                turn_row(f"assistant:r{seq // 50}", f"s{seq // 1000}", seq) for seq in seqs[::50]
+            ]
+            sessions = [session_row(f"s{seq // 1000}", seq, seq + 999) for seq in seqs[::1000]]
+            changes = changes_of(seqs[-1], events=events, runs=runs, turns=turns, sessions=sessions)
+            started = time.perf_counter()
+            await model.commit(changes)
+            elapsed += time.perf_counter() - started
+        counts = await model.counts()
+    finally:
+        await model.close()
+    assert {table: counts[table] for table in TABLES}["events"] == total
+    rate = total / elapsed
+    print(f"duckdb commit: {rate:,.0f} events/s")  # noqa: T201
+    assert rate > 50_000
