@@ -237,55 +237,36 @@ def _codecs(
     )
 
 
-def _index(suffix: str, *columns: str, unique: bool = False) -> Index:
-    return Index(suffix, columns, unique)
-
-
 SPECS: dict[str, TableSpec] = {
     "events": TableSpec(
         "events",
         EventRow,
         ("seq",),
-        (
-            _index("id", "id", unique=True),
-            _index("session", "session_id", "seq"),
-            _index("run", "run_id", "seq"),
-            _index("type", "type", "seq"),
-        ),
+        (Index("id", ("id",), unique=True), Index("run", ("run_id",), unique=False)),
     ),
     "rejected": TableSpec("rejected", RejectedRow, ("seq",)),
-    "sessions": TableSpec(
-        "sessions",
-        SessionRow,
-        ("session_id",),
-        (_index("activity", "last_activity", "session_id"),),
-    ),
+    "sessions": TableSpec("sessions", SessionRow, ("session_id",)),
     "runs": TableSpec(
-        "runs",
-        RunRow,
-        ("run_id",),
-        (
-            _index("first", "first_seq"),
-            _index("status", "status", "first_seq"),
-            _index("agent", "agent_type", "first_seq"),
-            _index("session", "session_id", "first_seq"),
-            _index("parent", "parent_run_id", "first_seq"),
-            _index("root", "root_run_id", "first_seq"),
-            _index("group", "group_id"),
-        ),
+        "runs", RunRow, ("run_id",), (Index("parent", ("parent_run_id",), unique=False),)
     ),
     "transcript": TableSpec(
         "transcript",
         TranscriptRow,
         ("turn_id",),
-        (_index("session", "session_id", "seq_from"),),
+        (Index("session", ("session_id",), unique=False),),
     ),
     "groups": TableSpec("groups", GroupRow, ("group_id",)),
-    "workers": TableSpec("workers", WorkerRow, ("worker_id",), (_index("status", "status"),)),
-    "state": TableSpec(
-        "state", StateRow, ("scope", "scope_id", "key"), (_index("scope_key", "scope", "key"),)
-    ),
+    "workers": TableSpec("workers", WorkerRow, ("worker_id",)),
+    "state": TableSpec("state", StateRow, ("scope", "scope_id", "key")),
 }
-"""The same keys and indexes as the SQL backend's tables (``projections.sql_schema``)."""
+"""Primary keys and the unique event id as in the SQL backend (``projections.sql_schema``),
+so both refuse the same rows. Secondary indexes differ on purpose: DuckDB's planner uses
+an ART index only for a plain equality on one column with no ``LIMIT`` on top, so the SQL
+backend's composite ``(x, seq)`` indexes would cost every insert and serve no query here.
+Kept are the single-column ones measured to pay off on 1M events: ``run_events`` (13 ->
+3 ms), ``children`` (4 -> 2 ms) and ``transcript`` (8 -> 2 ms). Filters with a cursor
+and a limit (``session_events``, ``list_runs``, ``list_sessions``) are vectorised scans
+(5-9 ms on 1M events) either way.
+"""
 if tuple(SPECS) != TABLES:
     raise RuntimeError(f"DuckDB table specs {tuple(SPECS)} do not match the contract's {TABLES}")
