@@ -57,3 +57,15 @@ if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
 else
   log "PostgreSQL already running"
 fi
+
+# A role and database of our own for the tests (password auth works whatever pg_hba says
+# for 127.0.0.1: trust ignores the password, scram checks it).
+psql_admin() { as_root runuser -u postgres -- psql -v ON_ERROR_STOP=1 -tAq "$@"; }
+if [ "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = 'jetledger'")" != "1" ]; then
+  log "creating PostgreSQL role jetledger"
+  psql_admin -c "CREATE ROLE jetledger LOGIN PASSWORD 'jetledger'"
+fi
+if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = 'jetledger_test'")" != "1" ]; then
+  log "creating PostgreSQL database jetledger_test"
+  psql_admin -c "CREATE DATABASE jetledger_test OWNER jetledger"
+fi
