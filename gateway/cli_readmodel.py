@@ -28,6 +28,7 @@ from rich.tree import Tree
 
 from eventstore.codec import Undecodable
 from eventstore.connection import ConnectOptions
+from eventstore.errors import EventStoreError
 from eventstore.settings import StoreSettings, nats_url_from_env
 from eventstore.store import EventStore
 from projections.audit import AuditNode, audit_tree
@@ -96,7 +97,7 @@ def _batch_reporter(
 def _run(coro: object) -> None:
     try:
         asyncio.run(coro)  # type: ignore[arg-type]
-    except (OSError, ValueError, RuntimeError, LookupError) as exc:
+    except (EventStoreError, OSError, ValueError, RuntimeError, LookupError) as exc:
         console.print(f"[red]jetledger: {exc}")
         raise typer.Exit(1) from exc
 
@@ -187,7 +188,7 @@ def verify_command(nats_url: NatsUrl = "", db: DbUrl = DEFAULT_DB_URL) -> None:
 
     try:
         equal = asyncio.run(main())
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (EventStoreError, OSError, ValueError, RuntimeError) as exc:
         console.print(f"[red]jetledger verify: {exc}")
         raise typer.Exit(1) from exc
     raise typer.Exit(0 if equal else 1)
@@ -248,7 +249,7 @@ def export(
 
     async def main() -> None:
         async with _store(nats_url) as store:
-            target = until_seq or await store.last_seq()
+            target = until_seq if until_seq is not None else await store.last_seq()
             if format == "jsonl":
                 await _export_jsonl(store, out, from_seq, target)
                 return

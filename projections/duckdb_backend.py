@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -102,10 +102,13 @@ class DuckDbReadModel:
         if self._database is not None:
             return
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"duckdb-{self.namespace}")
-        loop = asyncio.get_running_loop()
+        opening = executor.submit(self._open)
         try:
-            self._database = await loop.run_in_executor(executor, self._open)
+            self._database = await asyncio.wrap_future(opening)
         except BaseException:
+            # Cancelled mid-open, the open still completes in the worker: close what it
+            # opened there (jobs run in order) so the file lock is not left behind.
+            executor.submit(_close_opened, opening)
             executor.shutdown(wait=False)
             raise
         self._executor = executor
@@ -232,6 +235,11 @@ class DuckDbReadModel:
                 f"{operation}: DuckDB read model {self.path!r} was opened read-only; only the "
                 "projector process writes (open it with read_only=False there)"
             )
+
+
+def _close_opened(opening: Future[DuckDbDatabase]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 __all__ = [

@@ -8,6 +8,7 @@ event loop (an offline audit of an exported file) may use it directly.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -32,6 +33,7 @@ from projections.rows import (
 _ACTIVE_VERSION = "active_version"
 _RUN_FILTER_COLUMNS = ("status", "agent_type", "session_id", "root_run_id", "parent_run_id")
 _OLDEST_RUN_FIRST = '"first_seq", "run_id"'
+_CREATE_ATTEMPTS = 5
 
 
 class ReadModelNotFoundError(LookupError):
@@ -91,11 +93,25 @@ class DuckDbDatabase:
     # ----------------------------------------------------------- schema
 
     def create_tables(self) -> None:
+        """Create what is missing. Backends starting at once on one file (blue and green,
+        a rival projector) conflict on DuckDB's catalog; the loser retries and then finds
+        the tables there."""
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                self._create_tables()
+            except duckdb.TransactionException:
+                if attempt == _CREATE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))  # in the worker thread, never the event loop
+            else:
+                return
+
+    def _create_tables(self) -> None:
         with self._transaction():
             execute = self.connection.execute
             execute(
                 f"CREATE TABLE IF NOT EXISTS {self._meta} "
-                '("key" VARCHAR PRIMARY KEY, value VARCHAR)'
+                '("key" VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)'
             )
             execute(
                 f"CREATE TABLE IF NOT EXISTS {self._checkpoint} "
@@ -327,7 +343,9 @@ class DuckDbDatabase:
         return self._rows("rejected", '"seq" > ?', [after_seq], '"seq"', limit)
 
     def _first(self, table: str, where: str, params: Sequence[Any]) -> Any:
-        rows = self._rows(table, where, params, SPECS[table].order_by_key, 1)
+        """The row with the primary key in ``where`` (no ORDER BY / LIMIT: they would
+        keep DuckDB from using the key's index)."""
+        rows = self._rows(table, where, params)
         return rows[0] if rows else None
 
     def _rows(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import itertools
 import logging
 import os
@@ -24,12 +25,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import nats
 
 from eventstore.embedded import EmbeddedNatsServer
 from eventstore.envelope import Event
@@ -40,7 +40,7 @@ from projections.contract import ReadModelBackend
 from projections.projector import Projector, ProjectorSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from scenario import session_events  # noqa: E402 (lives in tests/, not a package)
+from scenario import session_events
 
 log = logging.getLogger("bench.projection")
 
@@ -128,9 +128,7 @@ async def discard(backend: ReadModelBackend) -> None:
 
 
 @contextlib.asynccontextmanager
-async def fresh_projector(
-    store: EventStore, name: str, workdir: Path
-) -> contextlib.AsyncIterator[Projector]:
+async def fresh_projector(store: EventStore, name: str, workdir: Path) -> AsyncIterator[Projector]:
     namespace = f"bench{os.getpid()}_{time.monotonic_ns() % 10**9}"
     backend = open_backend(backend_url(name, workdir), namespace=namespace)
     projector = Projector(store, backend, ProjectorSettings(batch_size=2000))
@@ -175,7 +173,9 @@ async def replay(store: EventStore, workdir: Path, count: int, events: Iterator[
     )
 
 
-async def load(store: EventStore, batches: list[list[Event]], appended: list[tuple[float, int]]) -> None:
+async def load(
+    store: EventStore, batches: list[list[Event]], appended: list[tuple[float, int]]
+) -> None:
     """Append one batch every ``LAG_TICK`` seconds; record (completion time, last seq)."""
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -185,17 +185,23 @@ async def load(store: EventStore, batches: list[list[Event]], appended: list[tup
         appended.append((loop.time(), last_seq))
 
 
-async def watch(projector: Projector, appended: list[tuple[float, int]], lags: list[float], loader: asyncio.Task[None]) -> None:
+async def watch(
+    projector: Projector,
+    appended: list[tuple[float, int]],
+    lags: list[float],
+    tasks: tuple[asyncio.Task[None], asyncio.Task[None]],
+) -> None:
     """Poll the checkpoint; a batch's lag is when the checkpoint reached its last seq."""
     loop = asyncio.get_running_loop()
+    loader = tasks[0]
     seen = 0
     while not (loader.done() and seen == len(appended)):
         now = loop.time()
         while seen < len(appended) and projector.checkpoint >= appended[seen][1]:
             lags.append(now - appended[seen][0])
             seen += 1
-        if loader.done() and loader.exception() is not None:
-            return
+        if any(task.done() and task.exception() is not None for task in tasks):
+            return  # the caller awaits both and so re-raises
         await asyncio.sleep(LAG_POLL)
 
 
@@ -214,7 +220,7 @@ async def lag_under_load(
         loader = asyncio.create_task(load(store, batches, appended))
         try:
             async with asyncio.timeout(seconds + 120):
-                await watch(projector, appended, lags, loader)
+                await watch(projector, appended, lags, (loader, runner))
             await loader  # re-raises a failed append
         finally:
             stop.set()
@@ -238,7 +244,6 @@ async def lag_under_load(
 
 
 def failed_row(name: str, exc: BaseException) -> Row:
-    log.error("%s failed", name, exc_info=exc)
     return Row(name, 0, 0.0, f"ERROR {type(exc).__name__}", "-", None)
 
 
@@ -258,7 +263,9 @@ def print_table(rows: list[Row], versions: str) -> None:
 
 
 async def bench(args: argparse.Namespace, workdir: Path) -> None:
-    settings = StoreSettings(stream="BENCHP", root="bp", kv_buckets=("kvbp",), object_bucket="objbp")
+    settings = StoreSettings(
+        stream="BENCHP", root="bp", kv_buckets=("kvbp",), object_bucket="objbp"
+    )
     async with EmbeddedNatsServer(store_dir=workdir / "nats") as srv:
         store = await EventStore.open(srv.url, settings)
         try:
@@ -269,16 +276,19 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
                 try:
                     rows.append(await catch_up_rate(store, name, workdir, until_seq))
                 except Exception as exc:  # one broken backend must not hide the others
+                    log.exception("%s: projecting failed", name)
                     rows.append(failed_row(name, exc))
             if args.replay_events > 0:
                 rows.append(await replay(store, workdir, args.replay_events, events))
             if args.lag_seconds > 0:
-                rows.append(await lag_under_load(store, workdir, args.lag_seconds, args.rate, events))
+                rows.append(
+                    await lag_under_load(store, workdir, args.lag_seconds, args.rate, events)
+                )
         finally:
             await store.close()
         versions = (
             f"python {platform.python_version()}, nats-server {'.'.join(map(str, srv.version))}, "
-            f"nats-py {nats.__version__}, sqlite {sqlite3.sqlite_version}, "
+            f"nats-py {importlib.metadata.version('nats-py')}, sqlite {sqlite3.sqlite_version}, "
             f"duckdb {duckdb.__version__}, batch_size 2000"
         )
     print_table(rows, versions)
