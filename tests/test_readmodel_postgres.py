@@ -1,6 +1,7 @@
 """The read-model suite on PostgreSQL (asyncpg), against a real server.
 
-``$JETLEDGER_TEST_PG_URL`` picks the server (default: the ``jetledger`` role and ``jetledger_test`` database that ``ops/ci/services.sh`` creates on 127.0.0.1:5432).
+``$JETLEDGER_TEST_PG_URL`` picks the server (default: the ``jetledger`` role and
+``jetledger_test`` database that ``ops/ci/services.sh`` creates on 127.0.0.1:5432).
 An unreachable server FAILS these tests, it does not skip them: set
 ``JETLEDGER_SKIP_POSTGRES=1`` to leave PostgreSQL out on purpose. Every test uses its
 own namespace and drops its tables at teardown.
