@@ -5,6 +5,7 @@ record with a reason, never an exception that ends a read (G6). JSON only (G7).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -64,6 +65,10 @@ def decode(
 
     if max_size is not None and len(body) > max_size:
         return reject(f"body of {len(body)} bytes exceeds the {max_size}-byte limit")
+    if b"\\u" in body and _has_unstorable_text(body):
+        # JSON escapes can smuggle in text that no read model can store (PostgreSQL and
+        # DuckDB refuse it): reject it here instead of blocking every projector behind it.
+        return reject("contains a NUL character or a lone UTF-16 surrogate")
     if upcasters is UPCASTERS:
         event = _decode_current(body)
         if event is not None:
@@ -88,6 +93,28 @@ def decode(
         return reject(f"{event_type}: {exc}")
     except ValidationError as exc:
         return reject(f"{event_type}: {_summarize(exc)}")
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _has_unstorable_text(body: bytes) -> bool:
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False  # the careful path reports it as not JSON
+    stack: list[Any] = [doc]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if _UNSTORABLE.search(value):
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 def _decode_current(body: bytes) -> Event | None:

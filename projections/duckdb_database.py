@@ -244,7 +244,14 @@ class DuckDbDatabase:
             groups=self._by_key("groups", "group_id", keys.group_ids),
             turns=self._by_key("transcript", "turn_id", keys.turn_ids),
             workers=self._by_key("workers", "worker_id", keys.worker_ids),
+            known_event_ids=self._known_event_ids(keys.event_ids),
         )
+
+    def _known_event_ids(self, ids: set[str]) -> set[str]:
+        if not ids:
+            return set()
+        sql = f"SELECT id FROM {self.table_name('events')} WHERE list_contains(?::VARCHAR[], id)"
+        return {row[0] for row in self.connection.execute(sql, [sorted(ids)]).fetchall()}
 
     def _by_key(self, table: str, key: str, ids: set[str]) -> dict[str, Any]:
         if not ids:

@@ -117,15 +117,21 @@ async def test_garbage_becomes_rejected_rows_and_projection_goes_on(
         await backend.close()
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "duckdb"])
 async def test_duplicate_id_after_the_dedupe_window_is_projected_once(
-    nats_url: str, tmp_path: Path
+    nats_url: str, tmp_path: Path, kind: str
 ) -> None:
     settings = isolated_settings(duplicate_window_seconds=1.0)
     async with open_store(nats_url, settings) as store:
         events = run_events("s1", "r-dup", text="only once please")
         await store.append_many(events, mode="atomic")
         await asyncio.sleep(1.5)
-        backend = await started(sqlite_url(tmp_path / "rm.db"))
+        url = (
+            sqlite_url(tmp_path / "rm.db")
+            if kind == "sqlite"
+            else f"duckdb:///{tmp_path / 'rm.duckdb'}"
+        )
+        backend = await started(url)
         projector = await prepare(store, backend)
         again = await store.append(events[2])  # a delta, long after the window
         assert again.ok and again.duplicate is False  # the log now holds it twice

@@ -365,6 +365,5 @@ async def test_bulk_commit_throughput(db_path: Path) -> None:
     finally:
         await model.close()
     assert {table: counts[table] for table in TABLES}["events"] == total
-    rate = total / elapsed
-    print(f"duckdb commit: {rate:,.0f} events/s")
-    assert rate > 20_000
+    # Speed is measured by ops/bench/projection.py, not asserted here (no timed tests).
+    print(f"duckdb commit: {total / elapsed:,.0f} events/s")

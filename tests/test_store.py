@@ -228,3 +228,16 @@ async def test_small_bulk_appends_never_wait_for_a_timeout(nats_url: str, count:
             results = await store.append_many([delta(i) for i in range(count)], mode=mode)
             assert all(r.ok for r in results)
             assert loop.time() - started < 10, f"{mode} append_many of {count} waited"
+
+
+def test_text_no_read_model_can_store_is_rejected_at_decode() -> None:
+    from eventstore.codec import decode
+
+    base = '{"type": "message.delta", "session_id": "s1", "run_id": "r1", "data": {"text": "%s"}}'
+    for text in ("\\u0000", "a\\ud800b", "\\udfff"):
+        record = decode((base % text).encode(), seq=5, subject="jl.data.s1.r1.out")
+        assert isinstance(record, Undecodable), text
+        assert "surrogate" in record.reason
+    fine = decode((base % "caf\\u00e9 \\ud83d\\ude00").encode(), seq=6, subject="x")
+    assert not isinstance(fine, Undecodable)
+    assert fine.data.text == "café 😀"  # type: ignore[attr-defined]
