@@ -46,7 +46,7 @@ def decode(
     *,
     seq: int = 0,
     subject: str = "",
-    stored_at: datetime | None = None,
+    stored_at: datetime | str | None = None,
     max_size: int | None = None,
     headers: dict[str, str] | None = None,
     upcasters: UpcasterRegistry = UPCASTERS,
@@ -131,14 +131,17 @@ def _decode_current(body: bytes) -> Event | None:
     return None
 
 
-def _fill_defaults(doc: dict[str, Any], *, seq: int, stored_at: datetime | None) -> dict[str, Any]:
+def _fill_defaults(
+    doc: dict[str, Any], *, seq: int, stored_at: datetime | str | None
+) -> dict[str, Any]:
     if "id" in doc and "time" in doc:
         return doc
     filled = dict(doc)
     if "id" not in filled and seq:
         filled["id"] = f"seq-{seq}"
     if "time" not in filled and stored_at is not None:
-        filled["time"] = stored_at.isoformat()
+        # A string is the server's RFC 3339 stamp, parsed by pydantic only when needed.
+        filled["time"] = stored_at if isinstance(stored_at, str) else stored_at.isoformat()
     return filled
 
 

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -47,6 +47,20 @@ def _consumer_config(window: ReadRange, settings: StoreSettings) -> api.Consumer
     )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _stored_at(reply: str) -> datetime:
+    """The stored time from the ack subject's nanosecond token, truncated to microseconds.
+
+    Integer arithmetic, not nats-py's float ``metadata.timestamp``: a foreign event's
+    filled-in time must be identical whichever way the log is read (see bulk_reader).
+    """
+    tokens = reply.split(".")
+    nanos = int(tokens[7] if len(tokens) == 9 else tokens[-3])  # v1 and v2 ack subjects
+    return _EPOCH + timedelta(microseconds=nanos // 1000)
+
+
 def to_record(msg: Msg, settings: StoreSettings) -> StoredRecord:
     meta = msg.metadata
     seq = meta.sequence.stream
@@ -58,7 +72,7 @@ def to_record(msg: Msg, settings: StoreSettings) -> StoredRecord:
             msg.data,
             seq=seq,
             subject=msg.subject,
-            stored_at=meta.timestamp,
+            stored_at=_stored_at(msg.reply),
             max_size=settings.max_msg_size,
             headers=headers,
         ),

@@ -65,6 +65,10 @@ class StoreSettings:
     max_inflight: int = 2000
     """Upper bound on events sent but not yet acknowledged in ``append_many``."""
 
+    bulk_reads: bool = True
+    """Let ``EventStore.records`` (projectors, replay, export) read with batched direct
+    gets on a connection of its own instead of an ordered consumer."""
+
     subscribe_idle_heartbeat: float = 5.0
     """Idle heartbeat of ordered consumers; a missed beat recreates the consumer."""
 

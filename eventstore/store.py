@@ -20,6 +20,7 @@ from nats.js.errors import NotFoundError
 
 from eventstore.atomic_batch import append_atomic
 from eventstore.blobs import Blobs
+from eventstore.bulk_reader import read_bulk
 from eventstore.codec import decode, encode
 from eventstore.connection import ConnectOptions, connect, parse_version
 from eventstore.envelope import Event
@@ -28,6 +29,7 @@ from eventstore.jsapi import api_request
 from eventstore.prepared import HEADER_ALLOWANCE, PreparedEvents
 from eventstore.provision import FAST_INGEST_VERSION, EnsureReport, ensure_buckets, ensure_stream
 from eventstore.publish import Outgoing, publish_one, publish_one_result
+from eventstore.raw_connection import RawConnection, RawUnsupported
 from eventstore.reading import ReadRange, consume
 from eventstore.routing import subject_for
 from eventstore.settings import StoreSettings
@@ -48,6 +50,8 @@ class EventStore:
         self.server_version = parse_version(str(nc.connected_server_version))
         self.blobs = Blobs(self.js, self.settings.object_bucket)
         self._fast_ingest = self.server_version >= FAST_INGEST_VERSION
+        self.connect_options: ConnectOptions | None = None
+        """Set by :meth:`open`; lets :meth:`records` read in bulk on a connection of its own."""
 
     @classmethod
     async def open(
@@ -62,6 +66,7 @@ class EventStore:
             options = ConnectOptions(url=options)
         nc = await connect(options)
         store = cls(nc, settings)
+        store.connect_options = options or ConnectOptions()
         if ensure:
             try:
                 await store.ensure()
@@ -184,7 +189,26 @@ class EventStore:
         until_seq: int | None = None,
         subject_filter: str | None = None,
     ) -> AsyncGenerator[StoredRecord]:
-        """Like :meth:`read` / :meth:`subscribe` (``follow``), with each record's subject."""
+        """Like :meth:`read` / :meth:`subscribe` (``follow``), with each record's subject.
+
+        Reads in bulk (batched direct gets on a lean connection of its own) when the store
+        was opened with :meth:`open` and its options allow it, else through an ordered
+        consumer; both give the same records.
+        """
+        if self.connect_options is not None and self.settings.bulk_reads:
+            try:
+                RawConnection(self.connect_options)
+            except RawUnsupported as exc:
+                log.info("bulk reads unavailable (%s); using an ordered consumer", exc)
+            else:
+                return read_bulk(
+                    self.connect_options,
+                    self.settings,
+                    from_seq=from_seq,
+                    until_seq=until_seq,
+                    subject_filter=subject_filter,
+                    follow=follow,
+                )
         window = ReadRange(from_seq, until_seq, None, subject_filter, follow=follow)
         return consume(self.js, window, self.settings)
 

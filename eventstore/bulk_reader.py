@@ -1,0 +1,162 @@
+"""Reading the log in bulk with batched direct gets (ADR-31, server 2.11+).
+
+One request asks the stream for up to ``batch`` messages from a sequence on; the server
+streams them back and ends with an ``EOB`` status. No consumer exists on the server, so
+nothing needs flow control, heartbeats or recreation, and there are no gaps to detect:
+each request starts exactly after the last sequence received. Following the log is a
+new request once the previous one came back empty, after ``poll_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncGenerator
+from datetime import datetime
+
+from eventstore.codec import decode
+from eventstore.connection import ConnectOptions
+from eventstore.raw_connection import RawConnection, RawConnectionError, RawMessage
+from eventstore.settings import StoreSettings
+from eventstore.types import StoredRecord
+
+log = logging.getLogger(__name__)
+
+INBOX = "_INBOX.jetledger.bulk"
+STATUS_EOB = b"204"
+STATUS_NOT_FOUND = b"404"
+
+
+def _headers(block: bytes) -> tuple[bytes, dict[bytes, bytes]]:
+    """The status code (``b""`` for a message) and the header fields of a header block."""
+    lines = block.split(b"\r\n")
+    first = lines[0]
+    status = first[9:12] if len(first) > 9 else b""
+    fields: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        if line:
+            key, _, value = line.partition(b":")
+            fields[key] = value.strip()
+    return status, fields
+
+
+def _stamp(raw: bytes) -> datetime | None:
+    """The server's nanosecond RFC 3339 stamp, truncated to microseconds like nats-py."""
+    if not raw:
+        return None
+    text = raw.decode().rstrip("Z")
+    whole, _, fraction = text.partition(".")
+    return datetime.fromisoformat(f"{whole}.{fraction[:6].ljust(6, '0')}+00:00")
+
+
+def _record(
+    message: RawMessage, fields: dict[bytes, bytes], settings: StoreSettings
+) -> StoredRecord:
+    seq = int(fields[b"Nats-Sequence"])
+    subject = fields.get(b"Nats-Subject", b"").decode()
+    return StoredRecord(
+        seq,
+        subject,
+        decode(
+            message.payload,
+            seq=seq,
+            subject=subject,
+            stored_at=_stamp(fields.get(b"Nats-Time-Stamp", b"")),
+            max_size=settings.max_msg_size,
+        ),
+    )
+
+
+async def read_bulk(
+    options: ConnectOptions,
+    settings: StoreSettings,
+    *,
+    from_seq: int = 1,
+    until_seq: int | None = None,
+    subject_filter: str | None = None,
+    follow: bool = False,
+    batch: int = 2000,
+    poll_interval: float = 0.02,
+) -> AsyncGenerator[StoredRecord]:
+    """Records in stream order from ``from_seq``; a bounded read (``follow=False``) stops
+    at ``until_seq`` or at the end of the log as it is when the read reaches it."""
+    next_seq = max(1, from_seq)
+    connection: RawConnection | None = None
+    failures = 0
+    try:
+        while until_seq is None or next_seq <= until_seq:
+            try:
+                if connection is None:
+                    connection = await _connect(options)
+                count = 0
+                async for record in _one_batch(
+                    connection,
+                    settings,
+                    from_seq=next_seq,
+                    subject_filter=subject_filter,
+                    batch=batch,
+                    until_seq=until_seq,
+                ):
+                    count += 1
+                    next_seq = record.seq + 1
+                    if until_seq is not None and record.seq > until_seq:
+                        return
+                    yield record
+                failures = 0
+            except RawConnectionError as exc:
+                failures += 1
+                if connection is not None:
+                    await connection.close()
+                connection = None
+                if failures > settings.append_retries:
+                    raise
+                log.warning("bulk read from %d interrupted (%s); reconnecting", next_seq, exc)
+                await asyncio.sleep(min(settings.append_retry_backoff * 2**failures, 5.0))
+                continue
+            if count == 0:
+                if not follow:
+                    return
+                await asyncio.sleep(poll_interval)
+    finally:
+        if connection is not None:
+            await connection.close()
+
+
+async def _connect(options: ConnectOptions) -> RawConnection:
+    connection = RawConnection(options)
+    await connection.connect()
+    await connection.subscribe(INBOX)
+    return connection
+
+
+async def _one_batch(
+    connection: RawConnection,
+    settings: StoreSettings,
+    *,
+    from_seq: int,
+    subject_filter: str | None,
+    batch: int,
+    until_seq: int | None,
+) -> AsyncGenerator[StoredRecord]:
+    if until_seq is not None:
+        batch = max(1, min(batch, until_seq - from_seq + 1))
+    request = {
+        "seq": from_seq,
+        "batch": batch,
+        "next_by_subj": subject_filter or settings.subjects_wildcard,
+    }
+    await connection.publish(
+        f"$JS.API.DIRECT.GET.{settings.stream}", json.dumps(request).encode(), INBOX
+    )
+    while True:
+        for message in await connection.messages(settings.request_timeout):
+            status, fields = _headers(message.headers)
+            if status in (STATUS_EOB, STATUS_NOT_FOUND):
+                return
+            if status:
+                raise RawConnectionError(f"direct get answered {message.headers[:80]!r}")
+            yield _record(message, fields, settings)
+
+
+__all__ = ["read_bulk"]
