@@ -94,6 +94,19 @@ def _batch_reporter(
     return report
 
 
+async def _apply_range(
+    store: EventStore, backend: ReadModelBackend, label: str, from_seq: int, until_seq: int
+) -> Projector:
+    """Fold sequences ``from_seq``..``until_seq`` into ``backend`` behind a progress bar."""
+    with _progress() as progress:
+        task = progress.add_task(label, total=max(0, until_seq - from_seq + 1), rate="-")
+        projector = Projector(store, backend, on_batch=_batch_reporter(progress, task, from_seq))
+        await projector.start()
+        projector.start_seq = from_seq
+        await projector.catch_up(until_seq)
+    return projector
+
+
 def _run(coro: object) -> None:
     try:
         asyncio.run(coro)  # type: ignore[arg-type]
@@ -112,7 +125,7 @@ def project(nats_url: NatsUrl = "", db: DbUrl = DEFAULT_DB_URL) -> None:
             loop.add_signal_handler(sig, stop.set)
         async with _store(nats_url) as store:
             console.print(f"projecting into {normalize_url(db)} (Ctrl-C stops)")
-            await run_projection(store, db, stop=stop)
+            await run_projection(store, db, stop=stop, status=_print_status)
         console.print("projector stopped")
 
     _run(main())
@@ -137,14 +150,7 @@ def replay(
                 target = await store.seq_before(moment)
             if target is None:
                 target = await store.last_seq()
-            with _progress() as progress:
-                task = progress.add_task("replay", total=max(0, target - from_seq + 1), rate="-")
-                projector = Projector(
-                    store, backend, on_batch=_batch_reporter(progress, task, from_seq)
-                )
-                await projector.start()
-                projector.start_seq = from_seq
-                await projector.catch_up(target)
+            projector = await _apply_range(store, backend, "replay", from_seq, target)
             await backend.activate()
             console.print(
                 f"replayed into {normalize_url(to)} up to sequence {projector.checkpoint}"
@@ -255,16 +261,7 @@ def export(
                 return
             duck_path = out if format == "duckdb" else Path(tempfile.mkdtemp()) / "export.duckdb"
             async with _backend(f"duckdb:///{duck_path}") as backend:
-                with _progress() as progress:
-                    task = progress.add_task(
-                        "export", total=max(0, target - from_seq + 1), rate="-"
-                    )
-                    projector = Projector(
-                        store, backend, on_batch=_batch_reporter(progress, task, from_seq)
-                    )
-                    await projector.start()
-                    projector.start_seq = from_seq
-                    await projector.catch_up(target)
+                await _apply_range(store, backend, "export", from_seq, target)
                 await backend.activate()
             if format == "parquet":
                 _duckdb_events_to_parquet(duck_path, out)
@@ -281,6 +278,12 @@ def register(app: typer.Typer) -> None:
     app.command(name="runs")(runs)
     app.command(name="audit")(audit)
     app.command(name="export")(export)
+
+
+def _print_status(projector: Projector) -> None:
+    console.print(
+        f"applied through sequence {projector.checkpoint:,}, lag {projector.lag:,} events"
+    )
 
 
 def _scratch_for(url: str, directory: Path) -> tuple[str, str]:

@@ -8,9 +8,11 @@ switches readers over (``activate``) and drops the old tables.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
+from eventstore.errors import EventStoreError
 from eventstore.store import EventStore
 from projections.backends import open_backend
 from projections.contract import SCHEMA_VERSION, ReadModelBackend
@@ -65,14 +67,34 @@ async def run_projection(
     settings: ProjectorSettings | None = None,
     on_batch: Callable[[BatchApplied], None] | None = None,
     schema_version: int = SCHEMA_VERSION,
+    status: Callable[[Projector], None] | None = None,
+    status_every: float = 5.0,
 ) -> None:
-    """Project into ``db_url`` until ``stop`` is set."""
+    """Project into ``db_url`` until ``stop`` is set; ``status`` is called every
+    ``status_every`` seconds with the projector (its lag freshly measured)."""
     backend = open_backend(db_url, schema_version=schema_version)
+    reporter: asyncio.Task[None] | None = None
     try:
         projector = await prepare(store, backend, settings=settings, on_batch=on_batch)
+        if status is not None:
+            reporter = asyncio.create_task(_report(projector, status, status_every))
         await projector.run(stop)
     finally:
+        if reporter is not None:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
         await backend.close()
+
+
+async def _report(projector: Projector, status: Callable[[Projector], None], every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await projector.refresh_lag()
+        except EventStoreError as exc:  # NATS away for a moment: report what we know
+            log.warning("cannot measure projection lag: %s", exc)
+        status(projector)
 
 
 __all__ = ["NewerSchemaError", "prepare", "run_projection"]

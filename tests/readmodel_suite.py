@@ -35,8 +35,9 @@ import dataclasses
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, get_args
 
 import pytest
 
@@ -53,6 +54,7 @@ from projections.rows import (
     GroupRow,
     RejectedRow,
     RunRow,
+    RunStatus,
     SessionRow,
     StateRow,
     TranscriptRow,
@@ -70,6 +72,19 @@ def at(seconds: float) -> datetime:
 def new_namespace() -> str:
     """A namespace no other test uses, so tests can share one database."""
     return "t" + uuid.uuid4().hex[:10]
+
+
+BackendT = TypeVar("BackendT", bound=ReadModelBackend)
+
+
+@asynccontextmanager
+async def started(backend: BackendT) -> AsyncIterator[BackendT]:
+    """``backend`` started, and closed on exit whatever the test did (a failed start too)."""
+    try:
+        await backend.start()
+        yield backend
+    finally:
+        await backend.close()
 
 
 # --------------------------------------------------------------------------- rows
@@ -829,7 +844,7 @@ class ReadModelSuite(ABC):
             "runs:queued": 2,
             "runs:waiting": 2,
         }
-        assert set(counts) - set(TABLES) - {f"runs:{s}" for s in _RUN_STATUSES} == set()
+        assert set(counts) - set(TABLES) - {f"runs:{s}" for s in get_args(RunStatus)} == set()
 
     # ----------------------------------------------------------- dump
 
@@ -949,6 +964,13 @@ class ReadModelSuite(ABC):
         assert_utc(stored.ended_at)
         assert stored.started_at is None
 
+    async def test_naive_datetimes_are_refused(self, open_backend: OpenBackend) -> None:
+        backend = await open_backend()
+        naive = run_row("r1", 1, created_at=datetime(2025, 1, 1))
+        with pytest.raises(ValueError, match="naive"):
+            await backend.commit(changes_of(1, runs=[naive]))
+        assert await backend.checkpoint() == 0
+
     # ----------------------------------------------------------- blue/green
 
     async def test_blue_green_versions_side_by_side(self, open_backend: OpenBackend) -> None:
@@ -998,6 +1020,20 @@ class ReadModelSuite(ABC):
         await backend.drop_version(4)
         assert await backend.checkpoint() == 0
 
+    async def test_drop_version_refuses_own_and_active_versions(
+        self, open_backend: OpenBackend
+    ) -> None:
+        namespace = new_namespace()
+        old = await open_backend(namespace, 1)
+        new = await open_backend(namespace, 2)
+        await old.activate()
+        with pytest.raises(ValueError, match="own"):
+            await new.drop_version(2)
+        with pytest.raises(ValueError, match="active"):
+            await new.drop_version(1)
+        await new.activate()
+        await new.drop_version(1)
+
     async def test_namespaces_are_isolated(self, open_backend: OpenBackend) -> None:
         one = await open_backend()
         other = await open_backend()
@@ -1006,18 +1042,6 @@ class ReadModelSuite(ABC):
         assert await other.checkpoint() == 0
         assert await other.active_version() is None
         assert await other.get_run("r1") is None
-
-
-_RUN_STATUSES = (
-    "queued",
-    "running",
-    "waiting",
-    "asked_user",
-    "completed",
-    "failed",
-    "cancelled",
-    "dead_lettered",
-)
 
 
 __all__ = ["OpenBackend", "ReadModelSuite", "new_namespace"]

@@ -174,24 +174,10 @@ def three_level_tree(session_id: str) -> tuple[str, list[Event]]:
             ),
         )
     )
-    events += run_events(
-        session_id,
-        children[0],
-        text="child zero",
-        agent_type="worker",
-        parent_run_id=root,
-        root_run_id=root,
-        group_id=group_id,
-    )
+    member = {"agent_type": "worker", "parent_run_id": root, "root_run_id": root}
+    events += run_events(session_id, children[0], text="child zero", group_id=group_id, **member)
     child1 = run_events(
-        session_id,
-        children[1],
-        text="child one",
-        agent_type="worker",
-        parent_run_id=root,
-        root_run_id=root,
-        group_id=group_id,
-        fail=True,
+        session_id, children[1], text="child one", group_id=group_id, fail=True, **member
     )
     events += child1[:2]
     events += run_events(

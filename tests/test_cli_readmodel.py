@@ -6,76 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+from helpers import free_port
+from projectkit import cli, read_model, spawn_project, sqlite_url
 from scenario import run_events, session_events, three_level_tree
 from storekit import isolated_settings, open_store
 
 from eventstore.envelope import Event
-from eventstore.settings import StoreSettings
 from eventstore.store import EventStore
-from projections.backends import open_backend
-from projections.contract import ReadModelBackend
-
-REPO = Path(__file__).resolve().parents[1]
-CLI_TIMEOUT = 60
-
-
-def store_env(settings: StoreSettings) -> dict[str, str]:
-    """The environment that points a CLI subprocess at the test's own stream."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JETLEDGER_")}
-    env.update(
-        {
-            "JETLEDGER_STREAM": settings.stream,
-            "JETLEDGER_ROOT": settings.root,
-            "JETLEDGER_KV_BUCKETS": settings.kv_buckets[0],
-            "JETLEDGER_OBJECT_BUCKET": settings.object_bucket,
-            "PYTHONPATH": str(REPO),
-        }
-    )
-    return env
-
-
-async def cli(settings: StoreSettings, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``jetledger *args`` to completion (bounded) without blocking the event loop."""
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "gateway.cli", *args],
-        env=store_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
-
-
-def spawn_project(settings: StoreSettings, nats_url: str, db_url: str) -> subprocess.Popen[str]:
-    """``jetledger project`` in the background (the caller stops it)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "project", "--nats-url", nats_url, "--db", db_url],
-        env=store_env(settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
-
-
-async def started(url: str) -> ReadModelBackend:
-    backend = open_backend(url)
-    await backend.start()
-    return backend
 
 
 async def append(store: EventStore, events: list[Event]) -> int:
@@ -106,8 +50,7 @@ async def test_replay_until_seq_stops_exactly_there(nats_url: str, tmp_path: Pat
         )
         assert result.returncode == 0, result.stderr
         assert f"up to sequence {until}" in result.stderr
-        backend = await started(url)
-        try:
+        async with read_model(url) as backend:
             assert await backend.checkpoint() == until
             assert await backend.active_version() == 1
             early = await backend.get_run("r-early")
@@ -115,8 +58,6 @@ async def test_replay_until_seq_stops_exactly_there(nats_url: str, tmp_path: Pat
             late = await backend.get_run("r-late")
             assert late is not None and late.status != "completed"
             assert [r.seq for r in await backend.run_events("r-late")] == [until]
-        finally:
-            await backend.close()
 
 
 async def test_replay_until_time_stops_before_the_second_burst(
@@ -144,14 +85,11 @@ async def test_replay_until_time_stops_before_the_second_burst(
             moment.strftime("%Y-%m-%dT%H:%M:%S"),
         )
         assert result.returncode == 0, result.stderr
-        backend = await started(url)
-        try:
+        async with read_model(url) as backend:
             assert await backend.checkpoint() == last_of_first
             assert await backend.active_version() == 1
             assert await backend.get_run("r-first-b") is not None
             assert await backend.get_run("r-second") is None
-        finally:
-            await backend.close()
 
 
 async def test_replay_from_seq_on_a_fresh_target_starts_there(
@@ -174,15 +112,12 @@ async def test_replay_from_seq_on_a_fresh_target_starts_there(
             str(start),
         )
         assert result.returncode == 0, result.stderr
-        backend = await started(sqlite_url(path))
-        try:
+        async with read_model(sqlite_url(path)) as backend:
             assert await backend.checkpoint() == last
             assert await backend.active_version() == 1
             assert await backend.get_run("r-skipped") is None
             kept = await backend.get_run("r-kept")
             assert kept is not None and kept.status == "completed"
-        finally:
-            await backend.close()
         with sqlite3.connect(path) as conn:
             low, high, count = conn.execute(
                 "SELECT min(seq), max(seq), count(*) FROM jl_v1_events"
@@ -288,26 +223,10 @@ async def test_export_duckdb_and_parquet_hold_every_event(nats_url: str, tmp_pat
         duck_path = tmp_path / "export.duckdb"
         parquet_path = tmp_path / "events.parquet"
         exports = await asyncio.gather(
-            cli(
-                settings,
-                "export",
-                "--nats-url",
-                nats_url,
-                "--format",
-                "duckdb",
-                "--out",
-                str(duck_path),
-            ),
-            cli(
-                settings,
-                "export",
-                "--nats-url",
-                nats_url,
-                "--format",
-                "parquet",
-                "--out",
-                str(parquet_path),
-            ),
+            *(
+                cli(settings, "export", "--nats-url", nats_url, "--format", kind, "--out", str(out))
+                for kind, out in (("duckdb", duck_path), ("parquet", parquet_path))
+            )
         )
         for result in exports:
             assert result.returncode == 0, result.stderr
@@ -329,31 +248,30 @@ async def test_project_applies_everything_and_stops_on_sigint(
     async with open_store(nats_url, settings) as store:
         await append(store, run_events("s1", "r-before", text="already there"))
         process = spawn_project(settings, nats_url, url)
-        backend = await started(url)
-        try:
+        async with read_model(url) as backend:
+            try:
 
-            async def applied(seq: int) -> bool:
-                for _ in range(300):  # bounded: 15 s
-                    if await backend.checkpoint() >= seq or process.poll() is not None:
-                        break
-                    await asyncio.sleep(0.05)
-                return await backend.checkpoint() >= seq
+                async def applied(seq: int) -> bool:
+                    for _ in range(300):  # bounded: 15 s
+                        if await backend.checkpoint() >= seq or process.poll() is not None:
+                            break
+                        await asyncio.sleep(0.05)
+                    return await backend.checkpoint() >= seq
 
-            assert await applied(await store.last_seq()), "the catch-up never finished"
-            # it follows the log: events appended now are applied too
-            last = await append(store, run_events("s1", "r-after", text="arrived later"))
-            assert await applied(last), "the projector did not follow the log"
-            assert await backend.checkpoint() == last
-            after = await backend.get_run("r-after")
-            assert after is not None and after.status == "completed"
-            assert process.poll() is None
-            process.send_signal(signal.SIGINT)
-            _, stderr = await asyncio.to_thread(process.communicate, timeout=15)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=10)
-            await backend.close()
+                assert await applied(await store.last_seq()), "the catch-up never finished"
+                # it follows the log: events appended now are applied too
+                last = await append(store, run_events("s1", "r-after", text="arrived later"))
+                assert await applied(last), "the projector did not follow the log"
+                assert await backend.checkpoint() == last
+                after = await backend.get_run("r-after")
+                assert after is not None and after.status == "completed"
+                assert process.poll() is None
+                process.send_signal(signal.SIGINT)
+                _, stderr = await asyncio.to_thread(process.communicate, timeout=15)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(timeout=10)
         assert process.returncode == 0, stderr
         assert "projector stopped" in stderr
         assert "Traceback" not in stderr
@@ -391,9 +309,7 @@ async def test_export_until_seq_bounds_the_export_even_at_zero(
 
 
 async def test_an_unreachable_server_fails_readably(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        dead_url = f"nats://127.0.0.1:{probe.getsockname()[1]}"
+    dead_url = f"nats://127.0.0.1:{free_port()}"  # a port nobody listens on
     settings = isolated_settings()
     replayed = await cli(
         settings, "replay", "--nats-url", dead_url, "--to", sqlite_url(tmp_path / "r.db")

@@ -5,36 +5,20 @@ the dedupe window, big transcripts, garbage, blue/green, audit."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from projectkit import read_model, spawn_project, sqlite_url
 from scenario import run_events, session_events, three_level_tree
 from storekit import isolated_settings, open_store
 
 from eventstore.store import EventStore
 from projections.audit import audit_tree
-from projections.backends import open_backend
-from projections.contract import ReadModelBackend
 from projections.projector import Projector, ProjectorSettings
 from projections.service import prepare
 from projections.verify import verify
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-async def started(url: str, **kwargs: object) -> ReadModelBackend:
-    backend = open_backend(url, **kwargs)  # type: ignore[arg-type]
-    await backend.start()
-    return backend
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
 
 
 async def test_projects_a_session_and_equals_a_rebuild(nats_url: str, tmp_path: Path) -> None:
@@ -45,26 +29,28 @@ async def test_projects_a_session_and_equals_a_rebuild(nats_url: str, tmp_path: 
             expected[run_id] = text
             events.append(event)
         assert all(r.ok for r in await store.append_many(events))
-        live = await started(sqlite_url(tmp_path / "live.db"))
-        projector = await prepare(store, live)
-        assert projector.checkpoint == len(events)
-        turns = await live.transcript("s-main")
-        assistant = {t.run_id: t for t in turns if t.role == "assistant"}
-        assert {run_id: turn.content for run_id, turn in assistant.items()} == expected
-        assert [t.seq_from for t in turns] == sorted(t.seq_from for t in turns)
-        session = await live.get_session("s-main")
-        assert session is not None and session.run_count == 12
-        scratch = await started(sqlite_url(tmp_path / "scratch.db"))
-        report = await verify(store, live, scratch)
-        assert report.equal, report.differences[:3]
-        assert report.rows["events"] == len(events)
-        await live.close()
-        await scratch.close()
+        async with (
+            read_model(sqlite_url(tmp_path / "live.db")) as live,
+            read_model(sqlite_url(tmp_path / "scratch.db")) as scratch,
+        ):
+            projector = await prepare(store, live)
+            assert projector.checkpoint == len(events)
+            turns = await live.transcript("s-main")
+            assistant = {t.run_id: t for t in turns if t.role == "assistant"}
+            assert {run_id: turn.content for run_id, turn in assistant.items()} == expected
+            assert [t.seq_from for t in turns] == sorted(t.seq_from for t in turns)
+            session = await live.get_session("s-main")
+            assert session is not None and session.run_count == 12
+            report = await verify(store, live, scratch)
+            assert report.equal, report.differences[:3]
+            assert report.rows["events"] == len(events)
 
 
 async def test_wait_for_gives_read_your_writes(nats_url: str, tmp_path: Path) -> None:
-    async with open_store(nats_url) as store:
-        backend = await started(sqlite_url(tmp_path / "rm.db"))
+    async with (
+        open_store(nats_url) as store,
+        read_model(sqlite_url(tmp_path / "rm.db")) as backend,
+    ):
         projector = await prepare(store, backend, settings=ProjectorSettings(batch_wait=0.01))
         stop = asyncio.Event()
         task = asyncio.create_task(projector.run(stop))
@@ -77,7 +63,6 @@ async def test_wait_for_gives_read_your_writes(nats_url: str, tmp_path: Path) ->
             await projector.wait_for(10_000, timeout=0.2)
         stop.set()
         await asyncio.wait_for(task, 10)
-        await backend.close()
 
 
 async def test_ten_thousand_deltas_across_fifty_runs(nats_url: str, tmp_path: Path) -> None:
@@ -90,12 +75,11 @@ async def test_ten_thousand_deltas_across_fifty_runs(nats_url: str, tmp_path: Pa
         deltas = sum(1 for e in events if e.type == "message.delta")
         assert deltas >= 10_000
         assert all(r.ok for r in await store.append_many(events))
-        backend = await started(sqlite_url(tmp_path / "rm.db"))
-        await prepare(store, backend, settings=ProjectorSettings(batch_size=777))
-        turns = [t for t in await backend.transcript("s-big") if t.role == "assistant"]
+        async with read_model(sqlite_url(tmp_path / "rm.db")) as backend:
+            await prepare(store, backend, settings=ProjectorSettings(batch_size=777))
+            turns = [t for t in await backend.transcript("s-big") if t.role == "assistant"]
         assert len(turns) == 50
         assert {t.run_id: t.content for t in turns} == expected
-        await backend.close()
 
 
 async def test_garbage_becomes_rejected_rows_and_projection_goes_on(
@@ -107,14 +91,13 @@ async def test_garbage_becomes_rejected_rows_and_projection_goes_on(
         for body in (b"{not json", b'{"type": "nope"}', b"\x00\x01"):
             await store.js.publish(f"{root}.data.s1.r-x.out", body)
         await store.append_many(run_events("s1", "r-after", text="after"))
-        backend = await started(sqlite_url(tmp_path / "rm.db"))
-        projector = await prepare(store, backend)
-        assert projector.checkpoint == await store.last_seq()
-        rejected = await backend.list_rejected()
-        assert len(rejected) == 3 and all(r.reason for r in rejected)
-        after = await backend.get_run("r-after")
-        assert after is not None and after.status == "completed"
-        await backend.close()
+        async with read_model(sqlite_url(tmp_path / "rm.db")) as backend:
+            projector = await prepare(store, backend)
+            assert projector.checkpoint == await store.last_seq()
+            rejected = await backend.list_rejected()
+            assert len(rejected) == 3 and all(r.reason for r in rejected)
+            after = await backend.get_run("r-after")
+            assert after is not None and after.status == "completed"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "duckdb"])
@@ -131,18 +114,17 @@ async def test_duplicate_id_after_the_dedupe_window_is_projected_once(
             if kind == "sqlite"
             else f"duckdb:///{tmp_path / 'rm.duckdb'}"
         )
-        backend = await started(url)
-        projector = await prepare(store, backend)
-        again = await store.append(events[2])  # a delta, long after the window
-        assert again.ok and again.duplicate is False  # the log now holds it twice
-        await store.append(events[3])  # another old one, in the same (next) batch
-        await projector.catch_up()
-        assert projector.checkpoint == again.seq + 1
-        rows = await backend.run_events("r-dup")
-        assert [r.id for r in rows].count(events[2].id) == 1
-        turn = next(t for t in await backend.transcript("s1") if t.role == "assistant")
-        assert turn.content == "only once please"
-        await backend.close()
+        async with read_model(url) as backend:
+            projector = await prepare(store, backend)
+            again = await store.append(events[2])  # a delta, long after the window
+            assert again.ok and again.duplicate is False  # the log now holds it twice
+            await store.append(events[3])  # another old one, in the same (next) batch
+            await projector.catch_up()
+            assert projector.checkpoint == again.seq + 1
+            rows = await backend.run_events("r-dup")
+            assert [r.id for r in rows].count(events[2].id) == 1
+            turn = next(t for t in await backend.transcript("s1") if t.role == "assistant")
+            assert turn.content == "only once please"
 
 
 async def test_schema_bump_rebuilds_blue_green_while_old_answers(
@@ -151,31 +133,31 @@ async def test_schema_bump_rebuilds_blue_green_while_old_answers(
     url = sqlite_url(tmp_path / "rm.db")
     async with open_store(nats_url) as store:
         await store.append_many([e for _, _, e in session_events("s1", runs=20)])
-        old = await started(url, schema_version=1)
-        await prepare(store, old)
-        assert await old.active_version() == 1
-        old_runs = await old.counts()
-        seen_during_rebuild: list[int | None] = []
-
-        def check_old(_batch: object) -> None:
-            seen_during_rebuild.append(None)
-
-        new = await started(url, schema_version=2)
-        projector = Projector(store, new, ProjectorSettings(batch_size=50), on_batch=check_old)
-        await projector.start()
-        rebuild = asyncio.create_task(projector.catch_up())
-        while not rebuild.done():
+        async with read_model(url, schema_version=1) as old:
+            await prepare(store, old)
             assert await old.active_version() == 1
-            assert (await old.counts())["runs"] == old_runs["runs"]  # old tables still answer
-            await asyncio.sleep(0.01)
-        await rebuild
-        assert len(seen_during_rebuild) > 1
-        await new.activate()
-        await new.drop_version(1)
-        assert await new.active_version() == 2
-        assert (await new.counts())["runs"] == old_runs["runs"]
-        await old.close()
-        await new.close()
+            old_runs = await old.counts()
+            seen_during_rebuild: list[int | None] = []
+
+            def check_old(_batch: object) -> None:
+                seen_during_rebuild.append(None)
+
+            async with read_model(url, schema_version=2) as new:
+                small_batches = ProjectorSettings(batch_size=50)
+                projector = Projector(store, new, small_batches, on_batch=check_old)
+                await projector.start()
+                rebuild = asyncio.create_task(projector.catch_up())
+                while not rebuild.done():
+                    assert await old.active_version() == 1
+                    # the old tables still answer
+                    assert (await old.counts())["runs"] == old_runs["runs"]
+                    await asyncio.sleep(0.01)
+                await rebuild
+                assert len(seen_during_rebuild) > 1
+                await new.activate()
+                await new.drop_version(1)
+                assert await new.active_version() == 2
+                assert (await new.counts())["runs"] == old_runs["runs"]
 
 
 async def test_prepare_rebuilds_when_the_active_version_is_older(
@@ -184,50 +166,35 @@ async def test_prepare_rebuilds_when_the_active_version_is_older(
     url = sqlite_url(tmp_path / "rm.db")
     async with open_store(nats_url) as store:
         await store.append_many(run_events("s1", "r1", text="hi"))
-        v1 = await started(url, schema_version=1)
-        await prepare(store, v1)
-        v2 = await started(url, schema_version=2)
-        projector = await prepare(store, v2)
-        assert projector.checkpoint == await store.last_seq()
-        assert await v2.active_version() == 2
-        assert (await v2.get_run("r1")) is not None
-        await v1.close()
-        await v2.close()
+        async with read_model(url, schema_version=1) as v1:
+            await prepare(store, v1)
+            async with read_model(url, schema_version=2) as v2:
+                projector = await prepare(store, v2)
+                assert projector.checkpoint == await store.last_seq()
+                assert await v2.active_version() == 2
+                assert (await v2.get_run("r1")) is not None
 
 
 async def test_audit_shows_a_three_level_tree(nats_url: str, tmp_path: Path) -> None:
     async with open_store(nats_url) as store:
         root_id, events = three_level_tree("s-tree")
         await store.append_many(events)
-        backend = await started(sqlite_url(tmp_path / "rm.db"))
-        await prepare(store, backend)
-        root = await audit_tree(backend, root_id)
-        walk = [(depth, node.run.run_id, node.run.status) for depth, node in root.walk()]
-        assert walk[0] == (0, root_id, "completed")
-        depths = [depth for depth, _, _ in walk]
-        assert depths.count(1) == 2 and depths.count(2) == 1
-        grandchild = next(node for depth, node in root.walk() if depth == 2)
-        assert grandchild.run.parent_run_id is not None
-        statuses = sorted(status for depth, _, status in walk if depth == 1)
-        assert statuses == ["completed", "failed"]
-        # the tree looks the same from any node in it
-        again = await audit_tree(backend, grandchild.run.run_id)
-        assert [n.run.run_id for _, n in again.walk()] == [rid for _, rid, _ in walk]
-        group = await backend.get_group(events[2].group_id or "")
-        assert group is not None and group.status == "completed" and group.failed == 1
-        await backend.close()
-
-
-def _spawn_projector(
-    nats_url: str, db_url: str, settings: dict[str, str]
-) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **settings, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "project", "--nats-url", nats_url, "--db", db_url],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+        async with read_model(sqlite_url(tmp_path / "rm.db")) as backend:
+            await prepare(store, backend)
+            root = await audit_tree(backend, root_id)
+            walk = [(depth, node.run.run_id, node.run.status) for depth, node in root.walk()]
+            assert walk[0] == (0, root_id, "completed")
+            depths = [depth for depth, _, _ in walk]
+            assert depths.count(1) == 2 and depths.count(2) == 1
+            grandchild = next(node for depth, node in root.walk() if depth == 2)
+            assert grandchild.run.parent_run_id is not None
+            statuses = sorted(status for depth, _, status in walk if depth == 1)
+            assert statuses == ["completed", "failed"]
+            # the tree looks the same from any node in it
+            again = await audit_tree(backend, grandchild.run.run_id)
+            assert [n.run.run_id for _, n in again.walk()] == [rid for _, rid, _ in walk]
+            group = await backend.get_group(events[2].group_id or "")
+            assert group is not None and group.status == "completed" and group.failed == 1
 
 
 async def _keep_appending(store: EventStore, stop: asyncio.Event, paused: asyncio.Event) -> int:
@@ -246,42 +213,35 @@ async def test_kill_9_the_projector_twenty_times_while_events_flow(
     nats_url: str, tmp_path: Path
 ) -> None:
     settings = isolated_settings()
-    env = {
-        "JETLEDGER_STREAM": settings.stream,
-        "JETLEDGER_ROOT": settings.root,
-        "JETLEDGER_KV_BUCKETS": settings.kv_buckets[0],
-        "JETLEDGER_OBJECT_BUCKET": settings.object_bucket,
-    }
     db_url = sqlite_url(tmp_path / "live.db")
     rng = random.Random(20261121)
     async with open_store(nats_url, settings) as store:
         stop, paused = asyncio.Event(), asyncio.Event()
         appender = asyncio.create_task(_keep_appending(store, stop, paused))
-        live = await started(db_url)
-        try:
-            for round_no in range(20):
-                before = await live.checkpoint()
-                projector = _spawn_projector(nats_url, db_url, env)
-                for _ in range(400):  # until it is applying batches (bounded: 20 s)
-                    if await live.checkpoint() > before or projector.poll() is not None:
-                        break
-                    await asyncio.sleep(0.05)
-                assert projector.poll() is None, "the projector process died by itself"
-                await asyncio.sleep(rng.uniform(0.0, 0.3))
-                projector.send_signal(signal.SIGKILL)
-                projector.wait(timeout=10)
-                # the restart: a projector resumes from what the killed one committed
-                paused.set()
-                resumed = Projector(store, live)
-                await resumed.start()
-                await resumed.catch_up()
-                scratch = await started(sqlite_url(tmp_path / f"scratch{round_no}.db"))
-                report = await verify(store, live, scratch)
-                assert report.equal, (round_no, report.differences[:3])
-                await scratch.close()
-                paused.clear()
-        finally:
-            stop.set()
-            appended = await asyncio.wait_for(appender, 30)
-            await live.close()
+        async with read_model(db_url) as live:
+            try:
+                for round_no in range(20):
+                    before = await live.checkpoint()
+                    projector = spawn_project(settings, nats_url, db_url, capture_output=False)
+                    for _ in range(400):  # until it is applying batches (bounded: 20 s)
+                        if await live.checkpoint() > before or projector.poll() is not None:
+                            break
+                        await asyncio.sleep(0.05)
+                    assert projector.poll() is None, "the projector process died by itself"
+                    await asyncio.sleep(rng.uniform(0.0, 0.3))
+                    projector.send_signal(signal.SIGKILL)
+                    projector.wait(timeout=10)
+                    # the restart: a projector resumes from what the killed one committed
+                    paused.set()
+                    resumed = Projector(store, live)
+                    await resumed.start()
+                    await resumed.catch_up()
+                    scratch_url = sqlite_url(tmp_path / f"scratch{round_no}.db")
+                    async with read_model(scratch_url) as scratch:
+                        report = await verify(store, live, scratch)
+                    assert report.equal, (round_no, report.differences[:3])
+                    paused.clear()
+            finally:
+                stop.set()
+                appended = await asyncio.wait_for(appender, 30)
         assert appended > 20

@@ -20,6 +20,7 @@ from readmodel_suite import (
     new_namespace,
     run_row,
     session_row,
+    started,
     turn_row,
     world_changes,
 )
@@ -53,27 +54,20 @@ def db_path(tmp_path: Path) -> Path:
 
 async def test_dump_equals_the_sqlite_dump(tmp_path: Path, db_path: Path) -> None:
     """``verify`` may compare any two backends: the same changes dump equal."""
-    duck = DuckDbReadModel(db_path)
-    lite = SqlReadModel(f"sqlite+aiosqlite:///{tmp_path}/rm.db")
-    try:
+    async with (
+        started(DuckDbReadModel(db_path)) as duck,
+        started(SqlReadModel(f"sqlite+aiosqlite:///{tmp_path}/rm.db")) as lite,
+    ):
         for backend in (duck, lite):
-            await backend.start()
             await backend.commit(world_changes())
         assert await duck.dump() == await lite.dump()
         assert await duck.counts() == await lite.counts()
-    finally:
-        await duck.close()
-        await lite.close()
 
 
 async def test_nested_directories_are_created(tmp_path: Path) -> None:
-    model = DuckDbReadModel(tmp_path / "a" / "b" / "rm.duckdb")
-    try:
-        await model.start()
+    async with started(DuckDbReadModel(tmp_path / "a" / "b" / "rm.duckdb")) as model:
         assert model.name == "duckdb"
         assert (tmp_path / "a" / "b" / "rm.duckdb").is_file()
-    finally:
-        await model.close()
 
 
 async def test_columns_are_native_timestamptz_and_json(db_path: Path) -> None:
@@ -98,9 +92,7 @@ async def test_read_only_backend_reads_and_refuses_writes(db_path: Path) -> None
     await writer.activate()
     await writer.close()
 
-    reader = DuckDbReadModel(db_path, read_only=True)
-    try:
-        await reader.start()
+    async with started(DuckDbReadModel(db_path, read_only=True)) as reader:
         assert await reader.checkpoint() == 16
         assert await reader.active_version() == 1
         assert await reader.get_run("r1") is not None
@@ -111,8 +103,6 @@ async def test_read_only_backend_reads_and_refuses_writes(db_path: Path) -> None
         with pytest.raises(ReadOnlyReadModelError):
             await reader.drop_version(2)
         assert await reader.checkpoint() == 16
-    finally:
-        await reader.close()
 
 
 async def test_read_only_open_of_a_missing_model_says_what_to_do(db_path: Path) -> None:
@@ -233,55 +223,19 @@ async def test_racing_writers_in_one_process_commit_once(db_path: Path) -> None:
         await second.close()
 
 
-async def test_naive_datetimes_are_refused(db_path: Path) -> None:
-    model = DuckDbReadModel(db_path)
-    await model.start()
-    try:
-        naive = run_row("r1", 1, created_at=datetime(2025, 1, 1))
-        with pytest.raises(ValueError, match="naive"):
-            await model.commit(changes_of(1, runs=[naive]))
-        assert await model.checkpoint() == 0
-    finally:
-        await model.close()
-
-
 @pytest.mark.parametrize("namespace", ["", "1abc", "UPPER", "a-b", "x" * 25, 'a"; drop'])
 def test_bad_namespaces_are_refused(namespace: str) -> None:
     with pytest.raises(ValueError, match="namespace"):
         DuckDbReadModel("x.duckdb", namespace=namespace)
 
 
-async def test_drop_version_refuses_own_and_active_versions(db_path: Path) -> None:
-    old, new = (
-        DuckDbReadModel(db_path, schema_version=1),
-        DuckDbReadModel(db_path, schema_version=2),
-    )
-    try:
-        await old.start()
-        await new.start()
-        await old.activate()
-        with pytest.raises(ValueError, match="own"):
-            await new.drop_version(2)
-        with pytest.raises(ValueError, match="active"):
-            await new.drop_version(1)
-        await new.activate()
-        await new.drop_version(1)
-    finally:
-        await old.close()
-        await new.close()
-
-
 async def test_drop_namespace_leaves_other_namespaces(db_path: Path) -> None:
-    doomed = DuckDbReadModel(db_path, namespace="doomed")
-    kept = DuckDbReadModel(db_path, namespace="kept")
-    try:
-        await doomed.start()
-        await kept.start()
+    async with (
+        started(DuckDbReadModel(db_path, namespace="doomed")) as doomed,
+        started(DuckDbReadModel(db_path, namespace="kept")),
+    ):
         await doomed.activate()
         await doomed.drop_namespace()
-    finally:
-        await doomed.close()
-        await kept.close()
     with duckdb.connect(str(db_path), read_only=True) as conn:
         names = {
             name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()
