@@ -14,19 +14,14 @@ it and then fails with ``ValueError`` before it writes a row. Rows go in through
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     Column,
-    ColumnElement,
     Insert,
     MetaData,
-    String,
     Table,
-    any_,
-    bindparam,
     event,
     inspect,
     select,
@@ -38,7 +33,8 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from projections.contract import SCHEMA_VERSION, BatchKeys, Changes, Snapshot
-from projections.sql_queries import SqlQueries, read_rows
+from projections.sql_queries import SqlQueries
+from projections.sql_reads import KeyLoader
 from projections.sql_schema import (
     CHECKPOINT,
     META,
@@ -49,8 +45,6 @@ from projections.sql_schema import (
 from projections.sql_writes import BulkWriter, copy_rows
 
 DEFAULT_URL = "sqlite+aiosqlite:///./.jetledger/readmodel.db"
-LOAD_CHUNK = 500
-"""Keys per ``IN (...)`` query when loading a batch's existing rows."""
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_CACHE_KIB = 64 * 1024
 SQLITE_WAL_AUTOCHECKPOINT_PAGES = 10_000
@@ -74,12 +68,6 @@ _UPSERTS = (
 
 _Write = tuple[str, list[tuple[Any, ...]]]
 """(table, positional parameters of its rows)"""
-
-
-def _chunks(keys: Iterable[str], size: int) -> Iterator[list[str]]:
-    ordered = sorted(keys)
-    for start in range(0, len(ordered), size):
-        yield ordered[start : start + size]
 
 
 class SqlReadModel(SqlQueries):
@@ -112,6 +100,7 @@ class SqlReadModel(SqlQueries):
         self._dialect_insert = sqlite.insert if backend == "sqlite" else postgresql.insert
         self._engine: AsyncEngine | None = None
         self._writers: dict[str, BulkWriter] = {}
+        self._loaders: dict[str, KeyLoader] = {}
 
     # ----------------------------------------------------------- lifecycle
 
@@ -169,25 +158,28 @@ class SqlReadModel(SqlQueries):
         )
         async with self.engine.connect() as conn:
             for table_name, ids, found in wanted:
-                table = self._tables[table_name]
-                (key,) = table.primary_key.columns
-                for chunk in _chunks(ids, LOAD_CHUNK):
-                    result = await conn.execute(select(table).where(self._among(key, chunk)))
-                    for row in read_rows(table_name, result):
-                        found[getattr(row, key.name)] = row
-            events = self._tables["events"]
-            for chunk in _chunks(keys.event_ids, LOAD_CHUNK):
-                result = await conn.execute(
-                    select(events.c.id).where(self._among(events.c.id, chunk))
-                )
-                snapshot.known_event_ids.update(result.scalars())
+                row_type = ROW_TYPES[table_name]
+                for values in await self._loader(table_name).rows(conn, ids):
+                    found[values[0]] = row_type(*values)  # the key is the first column
+            known = await self._loader("events").rows(conn, keys.event_ids)
+            snapshot.known_event_ids.update(event_id for (event_id,) in known)
         return snapshot
 
-    def _among(self, key: Column[str], ids: list[str]) -> ColumnElement[bool]:
-        if self.name == "postgresql":
-            # one array parameter: the same prepared statement for every chunk size
-            return key == any_(bindparam("ids", ids, type_=postgresql.ARRAY(String())))
-        return key.in_(ids)
+    def _loader(self, table_name: str) -> KeyLoader:
+        loader = self._loaders.get(table_name)
+        if loader is None:
+            table = self._tables[table_name]
+            if table_name == "events":  # only whether the batch's event ids exist
+                key = table.c.id
+                columns: list[Column[Any]] = [key]
+            else:
+                (key,) = table.primary_key.columns
+                columns = list(table.columns)
+                if columns[0] is not key:
+                    raise RuntimeError(f"{table.name}: the primary key must be the first column")
+            loader = KeyLoader(table, key, columns, self.engine.dialect)
+            self._loaders[table_name] = loader
+        return loader
 
     async def commit(self, changes: Changes) -> None:
         # Parameters are built before the transaction opens: the write lock is held
