@@ -45,6 +45,8 @@ class ConnectOptions:
     max_reconnect_attempts: int = -1
     """-1 retries forever: a restarting server must not end a long-lived process."""
     reconnect_wait: float = 0.5
+    drain_timeout: float = 2.0
+    """Seconds ``close`` waits for subscriptions to drain before closing anyway."""
     pending_size: int = 64 * 1024 * 1024
     """Bytes nats-py buffers while reconnecting; bulk appends stage frames here."""
 
@@ -72,6 +74,7 @@ class ConnectOptions:
             "max_reconnect_attempts": max(1, self.connect_attempts),
             "reconnect_time_wait": self.reconnect_wait,
             "pending_size": self.pending_size,
+            "drain_timeout": self.drain_timeout,
             "allow_reconnect": True,
             "error_cb": _log_error,
             "disconnected_cb": _log_disconnected,

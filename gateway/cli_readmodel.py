@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import tempfile
@@ -108,6 +109,9 @@ async def _apply_range(
 
 
 def _run(coro: object) -> None:
+    # These commands allocate many short-lived objects per event; collecting the young
+    # generation less often measured ~30% faster projection (ops/bench/README.md).
+    gc.set_threshold(50_000, 20, 100)
     try:
         asyncio.run(coro)  # type: ignore[arg-type]
     except (EventStoreError, OSError, ValueError, RuntimeError, LookupError) as exc:

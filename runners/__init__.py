@@ -1,1 +1,17 @@
-"""runners package (see DESIGN §2)."""
+"""Workers (DESIGN §2): the SDK (``GatewayWorker``, ``AgentContext``, ``run_worker``) and
+the runtime that runs them as durable-consumer groups on JetStream."""
+
+from runners.app import run_worker
+from runners.context import AgentContext
+from runners.settings import WorkerSettings
+from runners.worker import Command, GatewayWorker, Reply, RetryableError
+
+__all__ = [
+    "AgentContext",
+    "Command",
+    "GatewayWorker",
+    "Reply",
+    "RetryableError",
+    "WorkerSettings",
+    "run_worker",
+]

@@ -1,0 +1,250 @@
+"""``AgentContext``: what a handler uses to emit output while its run is live.
+
+Every emit is an event on the run's ``.out`` subject. Token chunks are coalesced over
+``chunk_window`` (G8) and always flushed before the run's terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from eventstore.catalog import (
+    ArtifactCreated,
+    ArtifactCreatedData,
+    MessageDelta,
+    MessageDeltaData,
+    ObjectRef,
+    RunState,
+    RunStateData,
+    StateUpdated,
+    StateUpdatedData,
+    ToolCallCompleted,
+    ToolCallCompletedData,
+    ToolCallStarted,
+    ToolCallStartedData,
+)
+from eventstore.envelope import Event
+from eventstore.store import EventStore
+from eventstore.subjects import encode_token
+from runners.settings import WorkerSettings
+from runners.worker import Command
+
+STATE_BUCKET = "jl_state"
+Scope = Literal["session", "user", "agent_type", "global"]
+
+
+class AgentContext:
+    def __init__(
+        self,
+        store: EventStore,
+        command: Command,
+        *,
+        worker_id: str,
+        attempt: int,
+        settings: WorkerSettings,
+    ) -> None:
+        self._store = store
+        self._command = command
+        self._worker_id = worker_id
+        self._attempt = attempt
+        self._settings = settings
+        self._chunks: list[str] = []
+        self._chunk_index = 0
+        self._flush_task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    # -- identity (read-only) ------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        return self._command.session_id
+
+    @property
+    def run_id(self) -> str:
+        return self._command.run_id
+
+    @property
+    def trace_id(self) -> str | None:
+        return self._command.trace_id
+
+    @property
+    def message_id(self) -> str:
+        return self._command.message_id
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self._command.parent_run_id
+
+    @property
+    def attempt(self) -> int:
+        return self._attempt
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    def envelope(self) -> dict[str, Any]:
+        """Envelope fields every event of this run carries."""
+        command = self._command
+        return {
+            "session_id": command.session_id,
+            "run_id": command.run_id,
+            "agent_type": command.agent_type,
+            "parent_run_id": command.parent_run_id,
+            "root_run_id": command.root_run_id or command.run_id,
+            "trace_id": command.trace_id,
+            "user_code": command.user_code,
+            "worker_id": self._worker_id,
+            "causation_id": command.message_id or None,
+        }
+
+    async def _emit(self, event: Event) -> None:
+        await self._store.append(event)
+
+    # -- output ------------------------------------------------------------------------
+
+    async def emit_chunk(self, text: str) -> None:
+        """Stream a piece of the answer; pieces within ``chunk_window`` become one delta."""
+        if not text:
+            return
+        self._chunks.append(text)
+        if self._flush_task is None:
+            self._flush_task = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self._settings.chunk_window)
+        self._flush_task = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Publish buffered chunks now (the runtime calls it before the terminal event)."""
+        async with self._lock:
+            if self._flush_task is not None and self._flush_task is not asyncio.current_task():
+                self._flush_task.cancel()
+                self._flush_task = None
+            if not self._chunks:
+                return
+            text, self._chunks = "".join(self._chunks), []
+            index, self._chunk_index = self._chunk_index, self._chunk_index + 1
+            await self._emit(
+                MessageDelta(**self.envelope(), data=MessageDeltaData(text=text, index=index))
+            )
+
+    async def emit_state(
+        self, state: str, progress: float | None = None, detail: str | None = None
+    ) -> None:
+        """A state / progress line (``run.state``)."""
+        await self._emit(
+            RunState(
+                **self.envelope(), data=RunStateData(state=state, progress=progress, detail=detail)
+            )
+        )
+
+    async def emit_artifact(
+        self,
+        name: str,
+        content: bytes,
+        *,
+        mime_type: str = "application/octet-stream",
+        artifact_type: str = "file",
+    ) -> None:
+        """An artifact: inline below ``inline_artifact_limit``, else in the Object Store
+        with its size and sha256."""
+        fields: dict[str, Any] = {
+            "artifact_id": f"art-{uuid.uuid4().hex[:12]}",
+            "artifact_type": artifact_type,
+            "name": name,
+            "mime_type": mime_type,
+        }
+        if len(content) <= self._settings.inline_artifact_limit:
+            fields["content_base64"] = base64.b64encode(content).decode()
+        else:
+            stored = await self._store.blobs.put_object(
+                f"{self.run_id}/{uuid.uuid4().hex}/{name}", content
+            )
+            fields["ref"] = ObjectRef(
+                bucket=stored.bucket,
+                name=stored.name,
+                size=stored.size,
+                sha256=stored.sha256,
+                mime_type=mime_type,
+            )
+        await self._emit(ArtifactCreated(**self.envelope(), data=ArtifactCreatedData(**fields)))
+
+    async def call_tool(
+        self, name: str, tool: Callable[..., Awaitable[Any]], /, **kwargs: Any
+    ) -> Any:
+        """Run ``tool(**kwargs)`` between ``tool.call.started`` and ``tool.call.completed``
+        (which carries the result or the error); re-raises the tool's exception."""
+        call_id = f"tc-{uuid.uuid4().hex[:12]}"
+        await self._emit(
+            ToolCallStarted(
+                **self.envelope(),
+                data=ToolCallStartedData(tool_call_id=call_id, tool_name=name, parameters=kwargs),
+            )
+        )
+        started = time.monotonic()
+        try:
+            result = await tool(**kwargs)
+        except Exception as exc:
+            await self._emit(
+                ToolCallCompleted(
+                    **self.envelope(),
+                    data=ToolCallCompletedData(
+                        tool_call_id=call_id,
+                        tool_name=name,
+                        error=f"{type(exc).__name__}: {exc}",
+                        duration_ms=int((time.monotonic() - started) * 1000),
+                    ),
+                )
+            )
+            raise
+        await self._emit(
+            ToolCallCompleted(
+                **self.envelope(),
+                data=ToolCallCompletedData(
+                    tool_call_id=call_id,
+                    tool_name=name,
+                    result=result,
+                    duration_ms=int((time.monotonic() - started) * 1000),
+                ),
+            )
+        )
+        return result
+
+    # -- state -------------------------------------------------------------------------
+
+    def _scope_id(self, scope: Scope) -> str:
+        command = self._command
+        ids = {
+            "session": command.session_id,
+            "user": command.user_code or "",
+            "agent_type": command.agent_type,
+            "global": "",
+        }
+        if scope not in ids:
+            raise ValueError(
+                f"unknown state scope {scope!r}: use session, user, agent_type or global"
+            )
+        return ids[scope]
+
+    def _state_key(self, scope: Scope, key: str) -> str:
+        return ".".join(encode_token(part) for part in (scope, self._scope_id(scope), key))
+
+    async def set_state(self, scope: Scope, key: str, value: Any) -> None:
+        """Record ``state.updated`` (the fact) and keep the value in KV for fast reads."""
+        data = StateUpdatedData(scope=scope, key=key, value=value)
+        await self._emit(StateUpdated(**self.envelope(), data=data))
+        await self._store.blobs.kv_put(STATE_BUCKET, self._state_key(scope, key), value)
+
+    async def get_state(self, scope: Scope, key: str, default: Any = None) -> Any:
+        entry = await self._store.blobs.kv_get(STATE_BUCKET, self._state_key(scope, key))
+        return default if entry is None else entry.value
+
+
+__all__ = ["AgentContext"]

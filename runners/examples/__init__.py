@@ -1,0 +1,1 @@
+"""Reference runners for tests and demos."""

@@ -1,0 +1,63 @@
+"""Worker settings; every one can be overridden by a ``JETLEDGER_WORKER_<NAME>`` variable.
+
+Every timeout is a setting so tests can run with one- or two-second values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any, Self
+
+ENV_PREFIX = "JETLEDGER_WORKER_"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    max_concurrency: int = 8
+    """Runs one worker process executes at once (its consumer slots)."""
+    fetch_batch: int = 8
+    """Most commands fetched per pull; never more than the free slots."""
+    fetch_wait: float = 1.0
+    """Seconds a pull waits for work before asking again (and noticing a stop)."""
+    ack_wait: float = 30.0
+    """Seconds JetStream waits for an ack before redelivering a command (G1)."""
+    max_deliver: int = 5
+    """Attempts before a run ends ``run.dead_lettered``."""
+    backoff: tuple[float, ...] = ()
+    """Redelivery delays; NOTE: a non-empty list replaces ``ack_wait`` for redeliveries."""
+    retry_delay: float = 1.0
+    """Delay of the nak after a retryable failure."""
+    drain_timeout: float = 30.0
+    """Seconds in-flight runs get to finish on SIGTERM / SIGINT."""
+    chunk_window: float = 0.05
+    """Token chunks emitted within this many seconds become one ``message.delta`` (G8)."""
+    inline_artifact_limit: int = 64 * 1024
+    """Artifacts up to this many bytes travel inline; larger ones go to the Object Store."""
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Self:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            raw = env.get(ENV_PREFIX + spec.name.upper())
+            if raw is None:
+                continue
+            default = getattr(cls(), spec.name)
+            try:
+                if isinstance(default, tuple):
+                    values[spec.name] = tuple(float(p) for p in raw.split(",") if p.strip())
+                else:
+                    values[spec.name] = type(default)(raw)
+            except ValueError as exc:
+                raise ValueError(f"{ENV_PREFIX}{spec.name.upper()}={raw!r} is not valid") from exc
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return replace(cls(**values), **given)
+
+    @property
+    def in_progress_interval(self) -> float:
+        """How often a live run tells JetStream it is still working (well inside ack_wait)."""
+        return max(0.1, self.ack_wait / 3)
+
+
+__all__ = ["WorkerSettings"]

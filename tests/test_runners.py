@@ -1,0 +1,170 @@
+"""Workers as real subprocesses against a real nats-server: competing consumers, kill -9,
+in-progress acks, zombies, poison commands and garbage (G1, G2, G6)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import signal
+
+from storekit import isolated_settings, open_store
+from workerkit import ask, run_history, spawn_worker, stop, wait_terminal
+
+from eventstore.catalog import IngestRejected
+from eventstore.codec import Undecodable
+from eventstore.subjects import sys_subject
+
+ECHO = "runners.examples.echo:EchoWorker"
+FLAKY = "runners.examples.flaky:FlakyWorker"
+TERMINAL = {"run.completed", "run.failed", "run.cancelled", "run.dead_lettered"}
+
+
+async def terminals_by_run(store, run_ids):  # type: ignore[no-untyped-def]
+    counts: collections.Counter[str] = collections.Counter()
+    workers: collections.Counter[str] = collections.Counter()
+    async for _seq, item in store.read(1):
+        if isinstance(item, Undecodable) or item.run_id not in run_ids:
+            continue
+        if item.type in TERMINAL:
+            counts[item.run_id] += 1
+            workers[item.worker_id or ""] += 1
+    return counts, workers
+
+
+async def test_two_workers_share_200_runs_each_ending_once(nats_url: str) -> None:
+    settings = isolated_settings()
+    async with open_store(nats_url, settings) as store:
+        workers = [
+            spawn_worker(settings, nats_url, ECHO, f"w{i}", max_concurrency="4") for i in range(2)
+        ]
+        try:
+            commands = [ask("echo", f"hello {i}") for i in range(200)]
+            assert all(r.ok for r in await store.append_many(commands))
+            for command in commands:
+                terminal = await wait_terminal(store, command, 60)
+                assert terminal.type == "run.completed"
+            counts, by_worker = await terminals_by_run(store, {c.run_id for c in commands})
+            assert set(counts.values()) == {1} and len(counts) == 200
+            assert set(by_worker) == {"w0", "w1"}, by_worker
+        finally:
+            assert stop(workers[0]) == 0 and stop(workers[1]) == 0
+
+
+async def test_kill_9_mid_run_finishes_on_the_other_worker(nats_url: str) -> None:
+    settings = isolated_settings()
+    env = {"ack_wait": "1.5", "max_deliver": "3"}
+    async with open_store(nats_url, settings) as store:
+        victim = spawn_worker(settings, nats_url, FLAKY, "victim", **env)
+        await asyncio.sleep(1.5)  # the victim is up and fetching
+        command = ask("flaky", "slow", sleep=2.0)
+        await store.append(command)
+        for _ in range(100):
+            history = await run_history(store, command.run_id or "")
+            if any(e.type == "run.started" for e in history):
+                break
+            await asyncio.sleep(0.05)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        survivor = spawn_worker(settings, nats_url, FLAKY, "survivor", **env)
+        try:
+            terminal = await wait_terminal(store, command, 30)
+            assert terminal.type == "run.completed" and terminal.worker_id == "survivor"
+            history = await run_history(store, command.run_id or "")
+            assert [e.type for e in history].count("run.started") == 2
+            assert sum(e.type in TERMINAL for e in history) == 1
+        finally:
+            assert stop(survivor) == 0
+
+
+async def test_a_long_run_is_not_redelivered_while_its_worker_lives(nats_url: str) -> None:
+    settings = isolated_settings()
+    async with open_store(nats_url, settings) as store:
+        workers = [spawn_worker(settings, nats_url, FLAKY, f"w{i}", ack_wait="1") for i in range(2)]
+        try:
+            command = ask("flaky", "long", sleep=3.5)  # > 3x the ack wait
+            await store.append(command)
+            terminal = await wait_terminal(store, command, 30)
+            assert terminal.type == "run.completed"
+            history = await run_history(store, command.run_id or "")
+            assert [e.type for e in history].count("run.started") == 1
+        finally:
+            for worker in workers:
+                assert stop(worker) == 0
+
+
+async def test_zombie_terminal_publish_is_refused(nats_url: str) -> None:
+    settings = isolated_settings()
+    env = {"ack_wait": "1", "max_deliver": "3"}
+    async with open_store(nats_url, settings) as store:
+        zombie = spawn_worker(settings, nats_url, FLAKY, "zombie", **env)
+        await asyncio.sleep(1.5)
+        command = ask("flaky", "stall", sleep=1.0)
+        await store.append(command)
+        for _ in range(100):
+            if any(e.type == "run.started" for e in await run_history(store, command.run_id or "")):
+                break
+            await asyncio.sleep(0.05)
+        os.kill(zombie.pid, signal.SIGSTOP)
+        other = spawn_worker(settings, nats_url, FLAKY, "other", **env)
+        try:
+            terminal = await wait_terminal(store, command, 30)
+            assert terminal.worker_id == "other"
+            os.kill(zombie.pid, signal.SIGCONT)
+            await asyncio.sleep(2.0)  # the zombie wakes, finishes its sleep, is refused
+            history = await run_history(store, command.run_id or "")
+            assert sum(e.type in TERMINAL for e in history) == 1
+            assert not any(e.worker_id == "zombie" and e.type in TERMINAL for e in history)
+        finally:
+            os.kill(zombie.pid, signal.SIGCONT)
+            stop(zombie)
+            assert stop(other) == 0
+
+
+async def test_poison_is_dead_lettered_and_others_go_on(nats_url: str) -> None:
+    settings = isolated_settings()
+    async with open_store(nats_url, settings) as store:
+        worker = spawn_worker(settings, nats_url, FLAKY, "w", max_deliver="3", retry_delay="0.2")
+        try:
+            poison = ask("flaky", "poison", fail="retryable")
+            fine = [ask("flaky", f"ok {i}") for i in range(5)]
+            await store.append_many([poison, *fine])
+            terminal = await wait_terminal(store, poison, 30)
+            assert terminal.type == "run.dead_lettered"
+            assert terminal.data.attempts == 3  # type: ignore[attr-defined]
+            assert "flaky failure" in terminal.data.last_error.message  # type: ignore[attr-defined]
+            for command in fine:
+                assert (await wait_terminal(store, command, 30)).type == "run.completed"
+            fatal = ask("flaky", "fatal", fail="fatal")
+            await store.append(fatal)
+            failed = await wait_terminal(store, fatal, 30)
+            assert failed.type == "run.failed" and failed.data.retryable is False  # type: ignore[attr-defined]
+        finally:
+            assert stop(worker) == 0
+
+
+async def test_garbage_on_ctrl_is_rejected_and_the_worker_keeps_serving(nats_url: str) -> None:
+    settings = isolated_settings()
+    root = settings.root
+    async with open_store(nats_url, settings) as store:
+        worker = spawn_worker(settings, nats_url, ECHO, "w")
+        try:
+            subject = f"{root}.ctrl.agent_type.echo"
+            for body in (
+                b"not json",
+                b'{"type": "command.ask"}',
+                b'{"type": "run.completed"}',
+                b'{"type": "command.ask", "session_id": "s", "agent_type": "echo", '
+                b'"run_id": "../../etc", "data": {"content": 5}}',
+            ):
+                await store.js.publish(subject, body)
+            command = ask("echo", "still here")
+            await store.append(command)
+            assert (await wait_terminal(store, command, 30)).type == "run.completed"
+            rejected = []
+            async for _seq, item in store.read(1, subject_filter=sys_subject("rejected", root)):
+                if isinstance(item, IngestRejected):
+                    rejected.append(item)
+            assert len(rejected) == 4 and all(r.data.reason for r in rejected)
+        finally:
+            assert stop(worker) == 0

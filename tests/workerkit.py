@@ -1,0 +1,79 @@
+"""Helpers for worker tests: workers as real subprocesses on a test's own stream, and a
+minimal way to ask for runs and wait for their terminal events."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+from projectkit import store_env
+
+from eventstore.catalog import CommandAsk, CommandAskData
+from eventstore.codec import Undecodable
+from eventstore.envelope import Event
+from eventstore.settings import StoreSettings
+from eventstore.store import EventStore
+from eventstore.subjects import run_end_subject, run_filter
+
+
+def spawn_worker(
+    settings: StoreSettings, nats_url: str, worker_class: str, worker_id: str, **worker_env: str
+) -> subprocess.Popen[str]:
+    env = store_env(settings)
+    env.update({f"JETLEDGER_WORKER_{k.upper()}": v for k, v in worker_env.items()})
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runners",
+            "--worker-class",
+            worker_class,
+            "--worker-id",
+            worker_id,
+            "--nats-url",
+            nats_url,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def ask(agent_type: str, content: str, *, session_id: str = "s1", **metadata: Any) -> CommandAsk:
+    run_id = f"run-{uuid.uuid4().hex[:12]}"
+    return CommandAsk(
+        session_id=session_id,
+        run_id=run_id,
+        agent_type=agent_type,
+        data=CommandAskData(content=content, metadata=metadata),
+    )
+
+
+async def wait_terminal(store: EventStore, command: CommandAsk, timeout: float) -> Event:
+    subject = run_end_subject(command.session_id or "", command.run_id or "", store.settings.root)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        record = await store.last_on_subject(subject)
+        if record is not None and not isinstance(record[1], Undecodable):
+            return record[1]
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"run {command.run_id} did not end within {timeout}s")
+
+
+async def run_history(store: EventStore, run_id: str) -> list[Event]:
+    events: list[Event] = []
+    async for _seq, item in store.read(1, subject_filter=run_filter(run_id, store.settings.root)):
+        if not isinstance(item, Undecodable):
+            events.append(item)
+    return events
+
+
+def stop(process: subprocess.Popen[str], timeout: float = 15) -> int:
+    if process.poll() is None:
+        process.terminate()
+    return process.wait(timeout=timeout)
