@@ -20,6 +20,7 @@ from eventstore.connection import ConnectOptions
 from eventstore.errors import EventStoreError
 from eventstore.settings import StoreSettings, nats_url_from_env
 from gateway.cli_readmodel import register as register_readmodel_commands
+from gateway.cli_runs import register as register_run_commands
 
 DEFAULT_NATS_PORT = 4222
 
@@ -121,6 +122,7 @@ def main() -> None:
 
 
 register_readmodel_commands(app)
+register_run_commands(app)
 
 
 if __name__ == "__main__":
