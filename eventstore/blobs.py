@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+    NotFoundError,
+)
 from nats.js.errors import ObjectNotFoundError as NatsObjectNotFoundError
 
 from eventstore.errors import ConcurrencyError, EventStoreError, ObjectIntegrityError
@@ -53,22 +59,57 @@ class Blobs:
         kv = await self._js.key_value(bucket)
         return int(await kv.put(check_kv_key(key), json.dumps(value).encode()))
 
-    async def kv_create(self, bucket: str, key: str, value: Any) -> int:
-        """Create ``key`` only if it does not exist (compare-and-set on revision 0)."""
+    async def kv_create(
+        self, bucket: str, key: str, value: Any, *, ttl: float | None = None
+    ) -> int:
+        """Create ``key`` only if it does not exist (compare-and-set on revision 0).
+
+        ``ttl`` (seconds, at least 1) makes this revision expire on its own (per-message
+        TTL, nats-server 2.11+)."""
         kv = await self._js.key_value(bucket)
         try:
-            return int(await kv.create(check_kv_key(key), json.dumps(value).encode()))
+            return int(await kv.create(check_kv_key(key), json.dumps(value).encode(), msg_ttl=ttl))
         except KeyWrongLastSequenceError as exc:
             raise ConcurrencyError(f"{bucket}/{key}", 0, None) from exc
 
-    async def kv_update(self, bucket: str, key: str, value: Any, last_revision: int) -> int:
+    async def kv_update(
+        self, bucket: str, key: str, value: Any, last_revision: int, *, ttl: float | None = None
+    ) -> int:
+        """Replace ``key`` only if its revision is still ``last_revision``."""
+        if ttl is None:
+            kv = await self._js.key_value(bucket)
+            try:
+                return int(
+                    await kv.update(
+                        check_kv_key(key), json.dumps(value).encode(), last=last_revision
+                    )
+                )
+            except KeyWrongLastSequenceError as exc:
+                raise ConcurrencyError(f"{bucket}/{key}", last_revision, None) from exc
+        # KeyValue.update takes no TTL; publish to the bucket's subject the same way it does.
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(last_revision)}
+        try:
+            ack = await self._js.publish(
+                f"$KV.{bucket}.{check_kv_key(key)}",
+                json.dumps(value).encode(),
+                headers=headers,
+                msg_ttl=ttl,
+            )
+        except APIError as exc:
+            if exc.err_code in (10071, 10164):  # wrong last sequence
+                raise ConcurrencyError(f"{bucket}/{key}", last_revision, None) from exc
+            raise
+        return int(ack.seq)
+
+    async def kv_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """Live keys of ``bucket`` (below ``prefix``, a dot-terminated key prefix)."""
         kv = await self._js.key_value(bucket)
         try:
-            return int(
-                await kv.update(check_kv_key(key), json.dumps(value).encode(), last=last_revision)
-            )
-        except KeyWrongLastSequenceError as exc:
-            raise ConcurrencyError(f"{bucket}/{key}", last_revision, None) from exc
+            # Filtered client-side: KeyValue.keys warns on every call that uses filters.
+            keys = await kv.keys()
+        except NoKeysError:
+            return []
+        return [key for key in keys if key.startswith(prefix)]
 
     async def kv_get(self, bucket: str, key: str) -> KVEntry | None:
         kv = await self._js.key_value(bucket)

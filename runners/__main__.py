@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from runners.app import load_worker_class, run_worker
+from runners.registry import DuplicateWorkerError, LeaseLostError
 
 
 def main() -> None:
@@ -18,12 +20,15 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    run_worker(
-        load_worker_class(args.worker_class),
-        worker_id=args.worker_id,
-        nats_url=args.nats_url,
-        max_concurrency=args.max_concurrency,
-    )
+    try:
+        run_worker(
+            load_worker_class(args.worker_class),
+            worker_id=args.worker_id,
+            nats_url=args.nats_url,
+            max_concurrency=args.max_concurrency,
+        )
+    except (DuplicateWorkerError, LeaseLostError) as exc:
+        sys.exit(f"python -m runners: {exc}")
 
 
 if __name__ == "__main__":

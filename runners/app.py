@@ -47,7 +47,7 @@ async def serve(
     runtime = WorkerRuntime(store, worker, worker_id=worker_id, settings=settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, runtime.stopping.set)
+        loop.add_signal_handler(sig, runtime.stop)
     log.info("worker %s serving %s", worker_id, ", ".join(runtime.agent_types))
     try:
         await runtime.run()

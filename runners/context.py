@@ -31,6 +31,7 @@ from eventstore.catalog import (
 from eventstore.envelope import Event
 from eventstore.store import EventStore
 from eventstore.subjects import encode_token
+from runners.registry import ActiveWorker, get_active_workers
 from runners.settings import WorkerSettings
 from runners.worker import Command
 
@@ -245,6 +246,14 @@ class AgentContext:
     async def get_state(self, scope: Scope, key: str, default: Any = None) -> Any:
         entry = await self._store.blobs.kv_get(STATE_BUCKET, self._state_key(scope, key))
         return default if entry is None else entry.value
+
+    # -- registry ----------------------------------------------------------------------
+
+    async def get_active_workers(self, agent_type: str | None = None) -> list[ActiveWorker]:
+        """Workers with a live lease (optionally only those serving ``agent_type``)."""
+        return await get_active_workers(
+            self._store.blobs, self._settings.registry_bucket, agent_type
+        )
 
 
 __all__ = ["AgentContext"]

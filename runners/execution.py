@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.msg import Msg
 
 from eventstore.catalog import (
     CommandAsk,
+    CommandWorker,
     ErrorInfo,
     IngestRejected,
     IngestRejectedData,
@@ -84,8 +86,11 @@ class Execution:
         *,
         worker_id: str,
         settings: WorkerSettings,
+        admin: Callable[[CommandWorker], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
+        self.admin = admin
+        """Handles ``command.worker`` (only on the worker's own subject)."""
         self.worker = worker
         self.msg = msg
         self.worker_id = worker_id
@@ -101,6 +106,11 @@ class Execution:
             subject=self.msg.subject,
             max_size=self.store.settings.max_msg_size,
         )
+        if isinstance(item, CommandWorker) and self.admin is not None:
+            # Acked first: an admin command is not replayed into a restarted worker.
+            await self.msg.ack()
+            await self.admin(item)
+            return
         if not isinstance(item, CommandAsk):
             await self._reject(item)
             return

@@ -34,6 +34,10 @@ class WorkerSettings:
     """Token chunks emitted within this many seconds become one ``message.delta`` (G8)."""
     inline_artifact_limit: int = 64 * 1024
     """Artifacts up to this many bytes travel inline; larger ones go to the Object Store."""
+    lease_ttl: float = 15.0
+    """Seconds a worker's registry lease lives without a refresh (refreshed every third)."""
+    registry_bucket: str = "jl_workers"
+    """KV bucket holding one lease per live worker id."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Self:
