@@ -204,11 +204,13 @@ class Execution:
             await self.msg.in_progress()
 
     async def _reject(self, item: Event | Undecodable) -> None:
-        reason = (
-            item.reason
-            if isinstance(item, Undecodable)
-            else f"{item.type} is not a command a worker runs"
-        )
+        if isinstance(item, Undecodable):
+            reason = item.reason
+        elif item.type.startswith("command."):
+            # cancel / steer / resume belong to the orchestration layer, not built yet
+            reason = f"{item.type} is not handled by workers yet"
+        else:
+            reason = f"{item.type} is not a command a worker runs"
         body = self.msg.data[:512].decode("utf-8", errors="replace")
         await self.store.append(
             IngestRejected(
