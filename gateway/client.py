@@ -46,6 +46,9 @@ WORKER_PROBE_TIMEOUT = 1.0
 worker renews its pull request at least every ``fetch_wait`` (1 s by default)."""
 
 
+LIVENESS_CACHE_SECONDS = 1.0
+
+
 class GatewayError(Exception):
     """Base class of the errors :class:`GatewayClient` raises itself."""
 
@@ -95,6 +98,7 @@ class GatewayClient:
         self.worker_probe_timeout = worker_probe_timeout
         self.interceptors: list[Interceptor] = []
         self._store: EventStore | None = None
+        self._live_until: dict[str, float] = {}
 
     async def connect(self) -> Self:
         """Connect to NATS and make sure the stream exists (idempotent)."""
@@ -204,8 +208,14 @@ class GatewayClient:
         return await self.send_command(command)
 
     async def has_live_worker(self, agent_type: str) -> bool:
-        """Whether a worker polls ``agent_type``'s consumer or holds one of its commands."""
+        """Whether a worker polls ``agent_type``'s consumer or holds one of its commands.
+
+        A yes is remembered for ``LIVENESS_CACHE_SECONDS``: a client sending many commands
+        should not pay a JetStream API round trip for each one.
+        """
         loop = asyncio.get_running_loop()
+        if self._live_until.get(agent_type, 0.0) > loop.time():
+            return True
         deadline = loop.time() + self.worker_probe_timeout
         while True:
             try:
@@ -216,6 +226,7 @@ class GatewayClient:
                 return False  # no worker of this type ever started
             # A worker renews its pull request after each fetch, so a brief gap is normal.
             if (info.num_waiting or 0) > 0 or (info.num_ack_pending or 0) > 0:
+                self._live_until[agent_type] = loop.time() + LIVENESS_CACHE_SECONDS
                 return True
             if loop.time() >= deadline:
                 return False
