@@ -11,7 +11,7 @@ import signal
 from storekit import isolated_settings, open_store
 from workerkit import ask, run_history, spawn_worker, stop, wait_terminal
 
-from eventstore.catalog import IngestRejected
+from eventstore.catalog import CommandAsk, CommandAskData, IngestRejected
 from eventstore.codec import Undecodable
 from eventstore.subjects import sys_subject
 
@@ -158,9 +158,28 @@ async def test_garbage_on_ctrl_is_rejected_and_the_worker_keeps_serving(nats_url
                 b'"run_id": "../../etc", "data": {"content": 5}}',
             ):
                 await store.js.publish(subject, body)
+            # a 2 MB body from a raw client: the server refuses it and drops that client
+            host, port = nats_url.removeprefix("nats://").rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            await reader.readline()  # INFO
+            big = b"x" * (2 * 1024 * 1024)
+            writer.write(b'CONNECT {"verbose":false}\r\n')
+            writer.write(f"PUB {subject} {len(big)}\r\n".encode() + big + b"\r\n")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(4096), 10)
+            assert b"-ERR" in answer and b"Payload" in answer
+            writer.close()
+            # hostile ids are escaped into subject tokens and run like any other
+            hostile = CommandAsk(
+                session_id="s p a c e.s",
+                run_id="../.. *>",
+                agent_type="echo",
+                data=CommandAskData(content="hostile ids"),
+            )
             command = ask("echo", "still here")
-            await store.append(command)
+            await store.append_many([hostile, command])
             assert (await wait_terminal(store, command, 30)).type == "run.completed"
+            assert (await wait_terminal(store, hostile, 30)).type == "run.completed"
             rejected = []
             async for _seq, item in store.read(1, subject_filter=sys_subject("rejected", root)):
                 if isinstance(item, IngestRejected):
