@@ -50,6 +50,10 @@ class PluginsReloadedData(Payload):
     plugins: list[IdStr] = Field(default_factory=list)
     ok: bool
     error: ShortText | None = None
+    version_before: IdStr | None = None
+    """The worker's plugin config version (sha256 hex) before the reload."""
+    version_after: IdStr | None = None
+    """The version it runs now (the same as before when the reload failed)."""
 
     @model_validator(mode="after")
     def _check_error(self) -> PluginsReloadedData:

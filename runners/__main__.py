@@ -1,4 +1,5 @@
-"""``python -m runners --worker-class module:Class --worker-id W [--nats-url URL]``."""
+"""``python -m runners --worker-class module:Class --worker-id W [--nats-url URL]
+[--plugin-dir DIR]``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import sys
 
 from runners.app import load_worker_class, run_worker
+from runners.plugin_loading import PluginLoadError
 from runners.registry import DuplicateWorkerError, LeaseLostError
 
 
@@ -16,6 +18,11 @@ def main() -> None:
     parser.add_argument("--worker-id", default=None)
     parser.add_argument("--nats-url", default="")
     parser.add_argument("--max-concurrency", type=int, default=None)
+    parser.add_argument(
+        "--plugin-dir",
+        default=None,
+        help="import the PLUGINS of every *.py file here (or JETLEDGER_WORKER_PLUGIN_DIR)",
+    )
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -26,8 +33,9 @@ def main() -> None:
             worker_id=args.worker_id,
             nats_url=args.nats_url,
             max_concurrency=args.max_concurrency,
+            plugin_dir=args.plugin_dir,
         )
-    except (DuplicateWorkerError, LeaseLostError) as exc:
+    except (DuplicateWorkerError, LeaseLostError, PluginLoadError) as exc:
         sys.exit(f"python -m runners: {exc}")
 
 

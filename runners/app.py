@@ -8,10 +8,13 @@ import importlib
 import logging
 import signal
 import uuid
+from collections.abc import Sequence
 
 from eventstore.connection import ConnectOptions
 from eventstore.settings import StoreSettings, nats_url_from_env
 from eventstore.store import EventStore
+from runners.plugin_loading import PluginConfigurator, PluginSource
+from runners.plugins import Plugin
 from runners.runtime import WorkerRuntime
 from runners.settings import WorkerSettings
 from runners.worker import GatewayWorker
@@ -38,13 +41,14 @@ async def serve(
     nats_url: str = "",
     settings: WorkerSettings | None = None,
     store_settings: StoreSettings | None = None,
+    plugins: PluginSource | None = None,
 ) -> None:
     settings = settings or WorkerSettings.from_env()
     store = await EventStore.open(
         ConnectOptions(url=nats_url or nats_url_from_env(), name=f"jetledger-worker-{worker_id}"),
         store_settings or StoreSettings.from_env(),
     )
-    runtime = WorkerRuntime(store, worker, worker_id=worker_id, settings=settings)
+    runtime = WorkerRuntime(store, worker, worker_id=worker_id, settings=settings, plugins=plugins)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, runtime.stop)
@@ -66,15 +70,27 @@ def run_worker(
     ack_wait: float | None = None,
     max_deliver: int | None = None,
     drain_timeout: float | None = None,
+    plugin_list: Sequence[Plugin] = (),
+    plugin_configurator: PluginConfigurator | None = None,
+    plugin_dir: str | None = None,
 ) -> None:
     """Run ``worker_class`` until SIGTERM / SIGINT. Arguments left out come from
-    ``JETLEDGER_WORKER_*`` variables, then the defaults of :class:`WorkerSettings`."""
+    ``JETLEDGER_WORKER_*`` variables, then the defaults of :class:`WorkerSettings`.
+
+    Plugins come from ``plugin_list``, then ``plugin_configurator(host)``, then the
+    ``PLUGINS`` of every file in ``plugin_dir`` (see :mod:`runners.plugin_loading`)."""
     settings = WorkerSettings.from_env(
         max_concurrency=max_concurrency,
         fetch_batch=fetch_batch,
         ack_wait=ack_wait,
         max_deliver=max_deliver,
         drain_timeout=drain_timeout,
+        plugin_dir=plugin_dir,
+    )
+    plugins = PluginSource(
+        plugin_list=tuple(plugin_list),
+        configurator=plugin_configurator,
+        plugin_dir=settings.plugin_dir or None,
     )
     asyncio.run(
         serve(
@@ -82,6 +98,7 @@ def run_worker(
             worker_id=worker_id or f"worker-{uuid.uuid4().hex[:8]}",
             nats_url=nats_url,
             settings=settings,
+            plugins=plugins,
         )
     )
 

@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 
 from eventstore.catalog import (
     CommandAsk,
+    CommandReloadPlugins,
     CommandWorker,
     ErrorInfo,
     IngestRejected,
@@ -38,10 +39,13 @@ from eventstore.errors import ConcurrencyError
 from eventstore.store import EventStore
 from eventstore.subjects import run_end_subject
 from runners.context import AgentContext
+from runners.plugins import PluginHost
 from runners.settings import WorkerSettings
 from runners.worker import Command, GatewayWorker, Reply
 
 log = logging.getLogger(__name__)
+
+AdminCommand = CommandWorker | CommandReloadPlugins
 
 
 def command_of(event: CommandAsk) -> Command:
@@ -86,11 +90,15 @@ class Execution:
         *,
         worker_id: str,
         settings: WorkerSettings,
-        admin: Callable[[CommandWorker], Awaitable[None]] | None = None,
+        admin: Callable[[AdminCommand], Awaitable[None]] | None = None,
+        plugins: PluginHost | None = None,
     ) -> None:
         self.store = store
         self.admin = admin
-        """Handles ``command.worker`` (only on the worker's own subject)."""
+        """Handles ``command.worker`` / ``command.reload_plugins`` (only on the worker's
+        own subject)."""
+        self.plugins = plugins or PluginHost()
+        """Task hooks; a failing or slow hook never changes the run's outcome."""
         self.worker = worker
         self.msg = msg
         self.worker_id = worker_id
@@ -106,7 +114,7 @@ class Execution:
             subject=self.msg.subject,
             max_size=self.store.settings.max_msg_size,
         )
-        if isinstance(item, CommandWorker) and self.admin is not None:
+        if isinstance(item, CommandWorker | CommandReloadPlugins) and self.admin is not None:
             # Acked first: an admin command is not replayed into a restarted worker.
             await self.msg.ack()
             await self.admin(item)
@@ -155,10 +163,15 @@ class Execution:
 
     async def _handle(self, command: Command, context: AgentContext) -> Event | None:
         heartbeat = asyncio.create_task(self._keep_alive())
+        run_id = command.run_id
         try:
-            result = await self.worker.process_command(command, context)
-        except Exception as exc:  # noqa: BLE001 - any handler failure becomes an event
-            return await self._failure(context, exc)
+            await self.plugins.call("on_task_start", command, context, run_id=run_id)
+            try:
+                result = await self.worker.process_command(command, context)
+            except Exception as exc:  # noqa: BLE001 - any handler failure becomes an event
+                await self.plugins.call("on_task_error", command, context, exc, run_id=run_id)
+                return await self._failure(context, exc)
+            await self.plugins.call("on_task_complete", command, context, result, run_id=run_id)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

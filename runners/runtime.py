@@ -22,7 +22,7 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 
 from eventstore.catalog import (
-    CommandWorker,
+    CommandReloadPlugins,
     WorkerStarted,
     WorkerStartedData,
     WorkerStopped,
@@ -30,7 +30,8 @@ from eventstore.catalog import (
 )
 from eventstore.store import EventStore
 from eventstore.subjects import agent_type_subject, encode_token, worker_subject
-from runners.execution import Execution
+from runners.execution import AdminCommand, Execution
+from runners.plugin_loading import PluginManager, PluginSource
 from runners.registry import Lease, LeaseLostError, ensure_registry
 from runners.settings import WorkerSettings
 from runners.worker import GatewayWorker
@@ -85,7 +86,13 @@ class Slots:
 
 class WorkerRuntime:
     def __init__(
-        self, store: EventStore, worker: GatewayWorker, *, worker_id: str, settings: WorkerSettings
+        self,
+        store: EventStore,
+        worker: GatewayWorker,
+        *,
+        worker_id: str,
+        settings: WorkerSettings,
+        plugins: PluginSource | None = None,
     ) -> None:
         self.store = store
         self.worker = worker
@@ -109,6 +116,13 @@ class WorkerRuntime:
             ttl=settings.lease_ttl,
         )
         self.lease_lost: LeaseLostError | None = None
+        self.plugins = PluginManager(
+            store,
+            plugins or PluginSource(plugin_dir=settings.plugin_dir or None),
+            worker_id=worker_id,
+            registry_bucket=settings.registry_bucket,
+            hook_timeout=settings.hook_timeout,
+        )
         self._closing: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
@@ -141,15 +155,19 @@ class WorkerRuntime:
         """Claim the worker id, serve until stopped, drain, then release the lease.
 
         Raises :class:`DuplicateWorkerError` when another live process holds the id and
-        :class:`LeaseLostError` (after draining) when another process took it over."""
+        :class:`LeaseLostError` (after draining) when another process took it over, and
+        :class:`PluginLoadError` before claiming the id when the plugins do not load."""
+        self.plugins.load()
         await ensure_registry(
             self.store.js, self.settings.registry_bucket, self.store.settings.replicas
         )
         await self.lease.claim()
         heartbeat = asyncio.create_task(self.lease.keep(self._on_lease_lost))
         try:
+            await self.plugins.start()
             await self._serve()
         finally:
+            await self.plugins.stop()
             # The heartbeat ran through the drain; only now is the id free again.
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -206,16 +224,19 @@ class WorkerRuntime:
                 self.in_flight.add(task)
                 task.add_done_callback(self.in_flight.discard)
 
-    async def _admin(self, command: CommandWorker) -> None:
-        data = command.data
-        if data.target_worker_id != self.worker_id:
+    async def _admin(self, command: AdminCommand) -> None:
+        if command.data.target_worker_id != self.worker_id:
             log.warning(
-                "ignoring command.worker %s for worker %r on %r's subject",
-                data.action,
-                data.target_worker_id,
+                "ignoring %s for worker %r on %r's subject",
+                command.type,
+                command.data.target_worker_id,
                 self.worker_id,
             )
             return
+        if isinstance(command, CommandReloadPlugins):
+            await self.plugins.reload(command)
+            return
+        data = command.data
         log.info("admin: %s (%s)", data.action, data.reason or "no reason given")
         if data.action == "evict":
             self.force_stop = data.force
@@ -232,7 +253,7 @@ class WorkerRuntime:
         self.stop()
 
     async def _execute(
-        self, msg: Any, admin: Callable[[CommandWorker], Awaitable[None]] | None
+        self, msg: Any, admin: Callable[[AdminCommand], Awaitable[None]] | None
     ) -> None:
         try:
             await Execution(
@@ -242,6 +263,7 @@ class WorkerRuntime:
                 worker_id=self.worker_id,
                 settings=self.settings,
                 admin=admin,
+                plugins=self.plugins.host,
             ).run()
         except Exception:
             # The command stays unacked and is redelivered after ack_wait (G1).

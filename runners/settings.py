@@ -37,7 +37,11 @@ class WorkerSettings:
     lease_ttl: float = 15.0
     """Seconds a worker's registry lease lives without a refresh (refreshed every third)."""
     registry_bucket: str = "jl_workers"
-    """KV bucket holding one lease per live worker id."""
+    """KV bucket holding one lease per live worker id (and the active plugin config)."""
+    hook_timeout: float = 5.0
+    """Seconds one plugin hook may run before it is abandoned (and counted as a timeout)."""
+    plugin_dir: str = ""
+    """A directory of plugin files (``runners.plugin_loading``); empty for none."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Self:
