@@ -118,6 +118,8 @@ class RawConnection:
             chunk = await asyncio.wait_for(self._reader.read(READ_CHUNK), timeout)
         except TimeoutError as exc:
             raise RawConnectionError(f"no data from NATS within {timeout}s") from exc
+        except (OSError, ssl.SSLError) as exc:  # reset by a restarting server, for one
+            raise RawConnectionError(f"the NATS connection broke: {exc}") from exc
         if not chunk:
             raise RawConnectionError("NATS closed the connection")
         self._buffer += chunk
@@ -129,7 +131,10 @@ class RawConnection:
         reply_part = b" " + reply.encode() if reply else b""
         self._send(b"PUB %b%b %d\r\n%b\r\n" % (subject.encode(), reply_part, len(payload), payload))
         assert self._writer is not None
-        await self._writer.drain()
+        try:
+            await self._writer.drain()
+        except (OSError, ssl.SSLError) as exc:
+            raise RawConnectionError(f"the NATS connection broke: {exc}") from exc
 
     def _send(self, data: bytes) -> None:
         if self._writer is None:

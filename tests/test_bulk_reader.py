@@ -121,3 +121,37 @@ async def test_user_and_password_and_a_clear_refusal(tmp_path: Path) -> None:
         await bad.close()
     finally:
         await server.stop()
+
+
+async def test_a_reset_connection_is_a_raw_connection_error() -> None:
+    # A server that greets, accepts the client, then resets the socket (SO_LINGER 0), the
+    # way a SIGKILLed nats-server can: the reader must see its own error type, which the
+    # bulk read turns into a reconnect, not a bare ConnectionResetError.
+    import socket
+    import struct
+
+    async def greet_then_reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'INFO {"server_id":"fake","max_payload":1048576}\r\n')
+        await writer.drain()
+        await reader.readline()  # CONNECT
+        await reader.readline()  # PING
+        writer.write(b"PONG\r\n")
+        await writer.drain()
+        await reader.readline()  # SUB
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    server = await asyncio.start_server(greet_then_reset, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        connection = RawConnection(ConnectOptions(url=f"nats://127.0.0.1:{port}"))
+        await connection.connect()
+        await connection.subscribe("_INBOX.x")
+        await connection.publish("x", b"")
+        with pytest.raises(RawConnectionError):
+            await connection.messages(timeout=5)
+        await connection.close()
+    finally:
+        server.close()
+        await server.wait_closed()
