@@ -165,9 +165,14 @@ async def test_garbage_on_ctrl_is_rejected_and_the_worker_keeps_serving(nats_url
             big = b"x" * (2 * 1024 * 1024)
             writer.write(b'CONNECT {"verbose":false}\r\n')
             writer.write(f"PUB {subject} {len(big)}\r\n".encode() + big + b"\r\n")
-            await writer.drain()
-            answer = await asyncio.wait_for(reader.read(4096), 10)
-            assert b"-ERR" in answer and b"Payload" in answer
+            try:
+                # The server answers -ERR and closes, often before it read all 2 MB: our
+                # write may then be reset. Either way that client is refused.
+                await writer.drain()
+                answer = await asyncio.wait_for(reader.read(4096), 10)
+                assert b"-ERR" in answer and b"Payload" in answer
+            except ConnectionResetError:
+                pass
             writer.close()
             # hostile ids are escaped into subject tokens and run like any other
             hostile = CommandAsk(
