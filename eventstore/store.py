@@ -124,10 +124,12 @@ class EventStore:
 
         Nothing raises for a single event: a refused or unconfirmed event has ``error``
         set and can be appended again with the same id. ``mode``: ``fast`` uses
-        fast-ingest batches (server 2.14+), ``atomic`` all-or-nothing batches with a
-        sequence per event, ``single`` one publish per event; ``auto`` picks fast when
-        the server has it. ``progress`` is called with the number of leading events
-        confirmed so far (for progress bars; oversized events are not counted).
+        fast-ingest batches (server 2.14+; on an older server it falls back to atomic
+        batches, and a stream without ``allow_batched`` raises FastIngestUnavailable),
+        ``atomic`` all-or-nothing batches with a sequence per event, ``single`` one
+        publish per event; ``auto`` picks fast when the server has it. ``progress`` is
+        called with the number of events settled so far (stored or refused), for
+        progress bars.
         """
         prepared = PreparedEvents(events, self.outgoing, self._size_limit())
         if mode == "single":
