@@ -31,6 +31,7 @@ from eventstore.catalog_commands import (
     CommandSteerData,
     CommandWorker,
     CommandWorkerData,
+    ReplyTo,
     ResumeReason,
     TerminalStatus,
 )
@@ -43,6 +44,15 @@ from eventstore.catalog_common import (
     IdStr,
     ObjectRef,
     content_text,
+)
+from eventstore.catalog_orchestration import (
+    ChildOutcome,
+    OutcomeStatus,
+    RunCalled,
+    RunCalledData,
+    RunResumed,
+    RunResumedData,
+    StepKind,
 )
 from eventstore.catalog_runs import (
     MAX_INLINE_ARTIFACT_BYTES,
@@ -118,6 +128,8 @@ EVENT_CLASSES: Final[tuple[type[Event], ...]] = (
     StateUpdated,
     RunWaiting,
     RunAskedUser,
+    RunCalled,
+    RunResumed,
     SteeringInjected,
     SteeringDropped,
     RunCompleted,
@@ -149,6 +161,8 @@ AnyEvent = Annotated[
     | StateUpdated
     | RunWaiting
     | RunAskedUser
+    | RunCalled
+    | RunResumed
     | SteeringInjected
     | SteeringDropped
     | RunCompleted
@@ -287,6 +301,7 @@ __all__ = [
     "ArtifactCreated",
     "ArtifactCreatedData",
     "CancelMode",
+    "ChildOutcome",
     "CommandAsk",
     "CommandAskData",
     "CommandCancel",
@@ -313,11 +328,15 @@ __all__ = [
     "MessageDelta",
     "MessageDeltaData",
     "ObjectRef",
+    "OutcomeStatus",
     "PluginsReloaded",
     "PluginsReloadedData",
+    "ReplyTo",
     "ResumeReason",
     "RunAskedUser",
     "RunAskedUserData",
+    "RunCalled",
+    "RunCalledData",
     "RunCancelled",
     "RunCancelledData",
     "RunCompleted",
@@ -326,6 +345,8 @@ __all__ = [
     "RunDeadLetteredData",
     "RunFailed",
     "RunFailedData",
+    "RunResumed",
+    "RunResumedData",
     "RunStarted",
     "RunStartedData",
     "RunState",
@@ -339,6 +360,7 @@ __all__ = [
     "SteeringDroppedData",
     "SteeringInjected",
     "SteeringInjectedData",
+    "StepKind",
     "TerminalStatus",
     "ToolCallCompleted",
     "ToolCallCompletedData",

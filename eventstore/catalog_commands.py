@@ -10,7 +10,7 @@ Re-exported by :mod:`eventstore.catalog`; import them from there.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, JsonValue, model_validator
 
@@ -19,6 +19,16 @@ from eventstore.envelope import Event, Payload
 
 ResumeReason = Literal["user_reply", "child_completed", "group_completed", "timeout"]
 TerminalStatus = Literal["completed", "failed", "cancelled", "dead_lettered"]
+
+
+class ReplyTo(Payload):
+    """Where a child run's result goes (G5): the waiting parent and the step it waits in.
+    The child's worker publishes ``command.resume`` to ``agent_type`` when the child ends."""
+
+    run_id: IdStr
+    session_id: IdStr
+    agent_type: IdStr
+    step: Annotated[int, Field(ge=0)]
 
 
 class CommandAskData(Payload):
@@ -36,6 +46,12 @@ class CommandAskData(Payload):
         default=None, description="route to this worker instead of the agent type's group"
     )
     attachments: list[ObjectRef] = Field(default_factory=list)
+    reply_to: ReplyTo | None = Field(
+        default=None, description="set on a child run whose parent waits for its result"
+    )
+    timeout_s: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="deadline of the run, from its first start"
+    )
 
 
 class CommandAsk(Event):
@@ -159,6 +175,7 @@ __all__ = [
     "CommandSteerData",
     "CommandWorker",
     "CommandWorkerData",
+    "ReplyTo",
     "ResumeReason",
     "TerminalStatus",
 ]

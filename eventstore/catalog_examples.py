@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from eventstore.catalog import (
     ArtifactCreated,
     ArtifactCreatedData,
+    ChildOutcome,
     CommandAsk,
     CommandAskData,
     CommandCancel,
@@ -42,6 +43,8 @@ from eventstore.catalog import (
     PluginsReloadedData,
     RunAskedUser,
     RunAskedUserData,
+    RunCalled,
+    RunCalledData,
     RunCancelled,
     RunCancelledData,
     RunCompleted,
@@ -50,6 +53,8 @@ from eventstore.catalog import (
     RunDeadLetteredData,
     RunFailed,
     RunFailedData,
+    RunResumed,
+    RunResumedData,
     RunStarted,
     RunStartedData,
     RunState,
@@ -293,6 +298,29 @@ def _run_output() -> list[Event]:
             {
                 **_run(22, run_id=CHILD_RUN_IDS[1], parent_run_id=ROOT_RUN_ID),
                 "data": SteeringDroppedData(steer_event_id="evt-0004", reason="run_ended"),
+            }
+        ),
+        RunCalled.model_validate(
+            {
+                **_run(50),
+                "data": RunCalledData(
+                    step=0, child_run_id=CHILD_RUN_IDS[0], target_agent_type="summarizer"
+                ),
+            }
+        ),
+        RunResumed.model_validate(
+            {
+                **_run(51),
+                "data": RunResumedData(
+                    step=0,
+                    kind="call",
+                    resume_event_id="evt-0052",
+                    outcomes=[
+                        ChildOutcome(
+                            run_id=CHILD_RUN_IDS[0], status="completed", content="A summary."
+                        )
+                    ],
+                ),
             }
         ),
     ]

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Literal, Self
 
 from nats.aio.client import Client as NatsClient
+from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from eventstore.atomic_batch import append_atomic
@@ -220,6 +221,25 @@ class EventStore:
             raw = await self.js.get_last_msg(self.settings.stream, subject, direct=True)
         except NotFoundError:
             return None
+        return self._decode_raw(raw, subject)
+
+    async def on_subject(self, subject: str, from_seq: int = 1) -> AsyncIterator[Record]:
+        """Every record on ``subject`` (wildcards allowed) from ``from_seq`` on, by direct
+        gets over the main connection: one round trip per record, no consumer and no
+        connection of its own, which suits short per-run reads such as a run's journal."""
+        seq = from_seq
+        while True:
+            try:
+                raw = await self.js.get_msg(
+                    self.settings.stream, seq=seq, subject=subject, direct=True, next=True
+                )
+            except NotFoundError:
+                return
+            record = self._decode_raw(raw, subject)
+            yield record
+            seq = record[0] + 1
+
+    def _decode_raw(self, raw: RawStreamMsg, subject: str) -> Record:
         seq = int(raw.seq or 0)
         headers = {k: str(v) for k, v in (raw.headers or {}).items()}
         return seq, decode(

@@ -24,7 +24,14 @@ from typing import NamedTuple, Self
 from nats.js.errors import NotFoundError
 from pydantic import JsonValue
 
-from eventstore.catalog import CommandAsk, CommandAskData, CommandCancel, CommandCancelData
+from eventstore.catalog import (
+    CommandAsk,
+    CommandAskData,
+    CommandCancel,
+    CommandCancelData,
+    CommandSteer,
+    CommandSteerData,
+)
 from eventstore.catalog_common import CancelMode, Content
 from eventstore.codec import Undecodable
 from eventstore.connection import ConnectOptions
@@ -33,6 +40,14 @@ from eventstore.routing import TERMINAL_TYPES
 from eventstore.settings import StoreSettings, nats_url_from_env
 from eventstore.store import EventStore
 from eventstore.subjects import run_end_subject, run_filter, session_filter
+from gateway.errors import GatewayError, RunNotFoundError, RunNotWaitingError
+from gateway.run_control import (
+    SentCommand,
+    live_runs,
+    locate_run,
+    resume_for_reply,
+)
+from runners.cancel import CancelReport, cancel_run
 from runners.runtime import consumer_name
 
 log = logging.getLogger(__name__)
@@ -47,10 +62,6 @@ worker renews its pull request at least every ``fetch_wait`` (1 s by default).""
 
 
 LIVENESS_CACHE_SECONDS = 1.0
-
-
-class GatewayError(Exception):
-    """Base class of the errors :class:`GatewayClient` raises itself."""
 
 
 class NoWorkerError(GatewayError):
@@ -70,6 +81,15 @@ class SentMessage:
     session_id: str
     message_id: str
     seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    """What :meth:`GatewayClient.cancel` did: the command's position and the runs it
+    ended now (``report.cancelled``) or found ended (``report.already_ended``)."""
+
+    seq: int
+    report: CancelReport
 
 
 class StreamedEvent(NamedTuple):
@@ -180,7 +200,7 @@ class GatewayClient:
     async def cancel_task(
         self,
         run_id: str,
-        session_id: str,
+        session_id: str | None = None,
         reason: str = "",
         mode: CancelMode = "graceful",
         *,
@@ -188,12 +208,40 @@ class GatewayClient:
         target_worker_id: str | None = None,
         requested_by: str | None = None,
     ) -> int:
-        """Publish ``command.cancel`` for ``run_id`` and return its stream sequence.
+        """Cancel ``run_id`` and its whole subtree; returns the ``command.cancel``'s
+        stream sequence. See :meth:`cancel` for what was cancelled."""
+        outcome = await self.cancel(
+            run_id,
+            session_id,
+            reason,
+            mode,
+            agent_type=agent_type,
+            target_worker_id=target_worker_id,
+            requested_by=requested_by,
+        )
+        return outcome.seq
 
-        Only the command is published today: acting on it (stopping the run and
-        cascading to its subtree) is future work of the orchestration issue.
-        """
-        command = CommandCancel(
+    async def cancel(
+        self,
+        run_id: str,
+        session_id: str | None = None,
+        reason: str = "",
+        mode: CancelMode = "graceful",
+        *,
+        agent_type: str | None = None,
+        target_worker_id: str | None = None,
+        requested_by: str | None = None,
+    ) -> CancelOutcome:
+        """Record ``command.cancel`` and end ``run_id`` and every descendant with
+        ``run.cancelled`` right away, whether they run, wait or sit in a queue and whether
+        their workers are alive or not. Handlers still running see ``ctx.cancelled``
+        (``mode="force"`` also cancels them at their next await). Runs that had already
+        ended are reported in ``already_ended`` and keep their outcome."""
+        if session_id is None or agent_type is None:
+            location = await locate_run(self.store, run_id)
+            session_id = session_id or location.session_id
+            agent_type = agent_type or location.agent_type
+        cancel_command = CommandCancel(
             session_id=session_id,
             run_id=run_id,
             agent_type=agent_type,
@@ -205,7 +253,86 @@ class GatewayClient:
                 target_worker_id=target_worker_id,
             ),
         )
-        return await self.send_command(command)
+        command, seq = await self._append(cancel_command)
+        report = await cancel_run(
+            self.store,
+            session_id,
+            run_id,
+            mode=mode,
+            reason=reason or None,
+            requested_by=requested_by or command.user_code,
+            causation_id=command.id,
+        )
+        return CancelOutcome(seq=seq, report=report)
+
+    async def cancel_session(
+        self, session_id: str, *, mode: CancelMode = "graceful", reason: str = ""
+    ) -> list[str]:
+        """Cancel every live run of ``session_id`` (each with its subtree); returns the
+        ids of the runs cancelled. Runs still queued and never started are not found."""
+        cancelled: list[str] = []
+        for location in await live_runs(self.store, session_id):
+            if location.run_id in cancelled:
+                continue  # ended already as part of an earlier run's subtree
+            outcome = await self.cancel(
+                location.run_id,
+                session_id,
+                reason or f"session {session_id} cancelled",
+                mode,
+                agent_type=location.agent_type,
+            )
+            cancelled.extend(outcome.report.cancelled)
+        return cancelled
+
+    async def reply(
+        self,
+        run_id: str,
+        answer: JsonValue = None,
+        *,
+        content: Content | None = None,
+        user_code: str | None = None,
+    ) -> SentCommand:
+        """Answer the question a run asked with ``ctx.ask_user`` (``command.resume``).
+
+        Raises :class:`RunNotWaitingError` when the run is not waiting for a reply (it
+        ended, waits for something else) or the question was answered already, and
+        :class:`RunNotFoundError` for a run the log does not know; neither stores anything.
+        """
+        location = await locate_run(self.store, run_id)
+        command = resume_for_reply(location, answer, content, user_code)
+        for interceptor in self.interceptors:
+            command = interceptor(command)  # type: ignore[assignment]  # a resume stays one
+        result = await self.store.append(command)
+        if result.duplicate:
+            raise RunNotWaitingError(f"the question of run {run_id!r} was answered already")
+        return SentCommand(
+            run_id=run_id,
+            session_id=location.session_id,
+            event_id=command.id,
+            seq=result.seq or 0,
+        )
+
+    async def steer(
+        self,
+        session_id: str,
+        content: Content,
+        *,
+        agent_type: str,
+        user_code: str | None = None,
+        target_run_id: str | None = None,
+    ) -> SentCommand:
+        """Publish ``command.steer`` for ``session_id`` to ``agent_type``'s workers."""
+        steer_command = CommandSteer(
+            session_id=session_id,
+            run_id=target_run_id,
+            agent_type=agent_type,
+            user_code=user_code,
+            data=CommandSteerData(content=content, target_run_id=target_run_id),
+        )
+        command, seq = await self._append(steer_command)
+        return SentCommand(
+            run_id=target_run_id or "", session_id=session_id, event_id=command.id, seq=seq
+        )
 
     async def has_live_worker(self, agent_type: str) -> bool:
         """Whether a worker polls ``agent_type``'s consumer or holds one of its commands.
@@ -286,11 +413,15 @@ class GatewayClient:
 
 
 __all__ = [
+    "CancelOutcome",
     "GatewayClient",
     "GatewayError",
     "Interceptor",
     "NoWorkerError",
     "NotConnectedError",
+    "RunNotFoundError",
+    "RunNotWaitingError",
+    "SentCommand",
     "SentMessage",
     "StreamedEvent",
 ]

@@ -251,6 +251,8 @@ _HANDLERS: Final[dict[str, Handler]] = {
     "tool.call.completed": _output,
     "steering.injected": _output,
     "steering.dropped": _output,
+    "run.called": _output,
+    "run.resumed": _output,
     "artifact.created": _artifact,
     "state.updated": _state_updated,
     "group.dispatched": _group_dispatched,

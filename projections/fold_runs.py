@@ -51,6 +51,8 @@ OUTPUT_TYPES: Final[frozenset[str]] = frozenset(
         "steering.injected",
         "steering.dropped",
         "group.dispatched",
+        "run.called",
+        "run.resumed",
     }
 )
 """Events a run emits while it executes (besides ``run.started``)."""

@@ -2,7 +2,9 @@
 the runtime that runs them as durable-consumer groups on JetStream."""
 
 from runners.app import run_worker
-from runners.context import AgentContext
+from runners.context import AgentContext, ToolCallReplayError
+from runners.orchestration import CalledAgent, GroupTask, OrchestrationError
+from runners.outcomes import AgentReply, MemberResult
 from runners.registry import ActiveWorker, DuplicateWorkerError, LeaseLostError
 from runners.settings import WorkerSettings
 from runners.worker import Command, GatewayWorker, Reply, RetryableError
@@ -10,12 +12,18 @@ from runners.worker import Command, GatewayWorker, Reply, RetryableError
 __all__ = [
     "ActiveWorker",
     "AgentContext",
+    "AgentReply",
+    "CalledAgent",
     "Command",
     "DuplicateWorkerError",
     "GatewayWorker",
+    "GroupTask",
     "LeaseLostError",
+    "MemberResult",
+    "OrchestrationError",
     "Reply",
     "RetryableError",
+    "ToolCallReplayError",
     "WorkerSettings",
     "run_worker",
 ]

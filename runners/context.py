@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from eventstore.catalog import (
@@ -28,15 +29,24 @@ from eventstore.catalog import (
     ToolCallStarted,
     ToolCallStartedData,
 )
+from eventstore.catalog_common import Content
 from eventstore.envelope import Event
 from eventstore.store import EventStore
 from eventstore.subjects import encode_token
+from runners.journal import Journal
+from runners.orchestration import CalledAgent, GroupTask, Steps
+from runners.outcomes import AgentReply, MemberResult
 from runners.registry import ActiveWorker, get_active_workers
 from runners.settings import WorkerSettings
 from runners.worker import Command
 
 STATE_BUCKET = "jl_state"
 Scope = Literal["session", "user", "agent_type", "global"]
+
+
+class ToolCallReplayError(Exception):
+    """A tool call that failed before the run was re-invoked fails again, without
+    running the tool again; the message is the recorded error."""
 
 
 class AgentContext:
@@ -48,14 +58,24 @@ class AgentContext:
         worker_id: str,
         attempt: int,
         settings: WorkerSettings,
+        journal: Journal | None = None,
+        driver_id: str | None = None,
     ) -> None:
         self._store = store
         self._command = command
         self._worker_id = worker_id
         self._attempt = attempt
         self._settings = settings
+        self._journal = journal or Journal(command.run_id)
+        # Replay (G5): output already in the log is not published again.
+        self._replay_emits = len(self._journal.emits)
+        self._replay_chars = self._journal.chunk_chars
+        self._emit_index = 0
+        self._last_out_seq = self._journal.last_seq
+        self._steps = Steps(self, self._journal, driver_id or command.message_id)
+        self._cancel = asyncio.Event()
         self._chunks: list[str] = []
-        self._chunk_index = 0
+        self._chunk_index = self._journal.delta_count
         self._flush_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -86,6 +106,29 @@ class AgentContext:
         return self._attempt
 
     @property
+    def agent_type(self) -> str:
+        return self._command.agent_type
+
+    @property
+    def store(self) -> EventStore:
+        return self._store
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run was cancelled (its ``run.cancelled`` is in the log): a
+        graceful handler should stop soon; whatever it returns is discarded."""
+        return self._cancel.is_set()
+
+    def mark_cancelled(self) -> None:
+        self._cancel.set()
+
+    async def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Sleep until the run is cancelled or ``timeout`` passes; True if cancelled."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._cancel.wait(), timeout)
+        return self._cancel.is_set()
+
+    @property
     def worker_id(self) -> str:
         return self._worker_id
 
@@ -100,12 +143,31 @@ class AgentContext:
             "root_run_id": command.root_run_id or command.run_id,
             "trace_id": command.trace_id,
             "user_code": command.user_code,
+            "group_id": command.group_id,
             "worker_id": self._worker_id,
             "causation_id": command.message_id or None,
         }
 
-    async def _emit(self, event: Event) -> None:
-        await self._store.append(event)
+    async def _emit(
+        self, event: Event, *, journaled: bool = True, expect_last: bool = False
+    ) -> None:
+        """Append ``event`` to the run's ``.out`` subject.
+
+        ``journaled`` output is replayed by position: while re-invoked handler code repeats
+        output that is already in the journal, nothing is published. ``expect_last`` makes
+        the append conditional on nothing else having been appended to the run since.
+        """
+        if journaled and self._replaying_emit():
+            return
+        result = await self._store.append(
+            event, expected_last_subject_seq=self._last_out_seq if expect_last else None
+        )
+        if result.seq is not None:
+            self._last_out_seq = max(self._last_out_seq, result.seq)
+
+    def _replaying_emit(self) -> bool:
+        index, self._emit_index = self._emit_index, self._emit_index + 1
+        return index < self._replay_emits
 
     # -- output ------------------------------------------------------------------------
 
@@ -113,6 +175,12 @@ class AgentContext:
         """Stream a piece of the answer; pieces within ``chunk_window`` become one delta."""
         if not text:
             return
+        if self._replay_chars:
+            skipped = min(self._replay_chars, len(text))
+            self._replay_chars -= skipped
+            text = text[skipped:]
+            if not text:
+                return
         self._chunks.append(text)
         if self._flush_task is None:
             self._flush_task = asyncio.create_task(self._flush_later())
@@ -182,7 +250,13 @@ class AgentContext:
     ) -> Any:
         """Run ``tool(**kwargs)`` between ``tool.call.started`` and ``tool.call.completed``
         (which carries the result or the error); re-raises the tool's exception."""
-        call_id = f"tc-{uuid.uuid4().hex[:12]}"
+        recorded = self._journal.tool_result(self._emit_index)
+        if recorded is not None and self._emit_index + 1 < self._replay_emits:
+            self._emit_index += 2  # the call's start and completion are both in the journal
+            if recorded.data.error is not None:
+                raise ToolCallReplayError(recorded.data.error)
+            return recorded.data.result
+        call_id = f"tc-{self.run_id}-{self._emit_index}"
         await self._emit(
             ToolCallStarted(
                 **self.envelope(),
@@ -247,6 +321,59 @@ class AgentContext:
         entry = await self._store.blobs.kv_get(STATE_BUCKET, self._state_key(scope, key))
         return default if entry is None else entry.value
 
+    # -- orchestration (G5; see runners.orchestration) ---------------------------------
+
+    async def call_agent(
+        self,
+        target_agent_type: str,
+        content: Content,
+        wait_for_reply: bool = True,
+        timeout: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> AgentReply | CalledAgent:
+        """Run ``target_agent_type`` as a child of this run. With ``wait_for_reply`` the
+        child's :class:`AgentReply` (status, content, data, error); else its ids at once.
+
+        While the child runs, this run holds no slot: it is parked and re-invoked when the
+        child ends (see the replay rule in :mod:`runners.orchestration`)."""
+        return await self._steps.call_agent(
+            target_agent_type,
+            content,
+            wait_for_reply=wait_for_reply,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    async def dispatch_group(
+        self,
+        tasks: Sequence[GroupTask],
+        strategy: str = "all",
+        timeout: float | None = None,
+        max_concurrent: int | None = None,
+        *,
+        input_mapper: Callable[[Any, int], Content] | None = None,
+        raw_input: Any = None,
+    ) -> str:
+        """Fan out (``all`` | ``race`` | ``quorum:<n>``); returns the group id."""
+        return await self._steps.dispatch_group(
+            tasks,
+            strategy,
+            timeout=timeout,
+            max_concurrent=max_concurrent,
+            input_mapper=input_mapper,
+            raw_input=raw_input,
+        )
+
+    async def collect_group_results(self, group_id: str) -> list[MemberResult]:
+        """Every member's :class:`MemberResult`, in member order, once the group is done."""
+        return await self._steps.collect_group_results(group_id)
+
+    async def ask_user(
+        self, prompt: str, schema: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
+        """Ask a human and return the answer (``GatewayClient.reply`` sends it)."""
+        return await self._steps.ask_user(prompt, schema, timeout)
+
     # -- registry ----------------------------------------------------------------------
 
     async def get_active_workers(self, agent_type: str | None = None) -> list[ActiveWorker]:
@@ -256,4 +383,4 @@ class AgentContext:
         )
 
 
-__all__ = ["AgentContext"]
+__all__ = ["AgentContext", "ToolCallReplayError"]

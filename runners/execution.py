@@ -13,17 +13,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.msg import Msg
 
 from eventstore.catalog import (
     CommandAsk,
+    CommandCancel,
     CommandReloadPlugins,
+    CommandResume,
     CommandWorker,
     ErrorInfo,
     IngestRejected,
     IngestRejectedData,
+    RunCancelled,
     RunCompleted,
     RunCompletedData,
     RunDeadLettered,
@@ -38,9 +42,15 @@ from eventstore.envelope import Event
 from eventstore.errors import ConcurrencyError
 from eventstore.store import EventStore
 from eventstore.subjects import run_end_subject
+from runners.cancel import cancel_run, cancel_tree
 from runners.context import AgentContext
+from runners.faults import fault_point
+from runners.journal import Journal, load_journal, terminal_of
+from runners.orchestration import RunSuspended
 from runners.plugins import PluginHost
+from runners.resumption import answer_for, driver_of, record_answer
 from runners.settings import WorkerSettings
+from runners.wakeup import command_at, notify_parent
 from runners.worker import Command, GatewayWorker, Reply
 
 log = logging.getLogger(__name__)
@@ -68,6 +78,7 @@ def command_of(event: CommandAsk) -> Command:
         parent_run_id=event.parent_run_id,
         root_run_id=event.root_run_id,
         message_id=event.id,
+        group_id=event.group_id,
     )
 
 
@@ -119,22 +130,98 @@ class Execution:
             await self.msg.ack()
             await self.admin(item)
             return
-        if not isinstance(item, CommandAsk):
+        if isinstance(item, CommandAsk):
+            await self._run_ask(item)
+        elif isinstance(item, CommandResume):
+            await self._run_resume(item)
+        elif isinstance(item, CommandCancel):
+            await self._run_cancel(item)
+        else:
             await self._reject(item)
-            return
+
+    # -- command.ask -------------------------------------------------------------------
+
+    async def _run_ask(self, item: CommandAsk) -> None:
         command = command_of(item)
-        end = run_end_subject(command.session_id, command.run_id, self.store.settings.root)
-        if await self.store.last_on_subject(end) is not None:
+        ended = await terminal_of(self.store, command.session_id, command.run_id)
+        if ended is not None:
             log.info("run %s already ended; acking its redelivered command", command.run_id)
+            if item.data.reply_to is not None:
+                # The worker that ended it may have died before waking the parent.
+                await notify_parent(self.store, item.data.reply_to, command.run_id, ended)
             await self.msg.ack()
             return
-        context = AgentContext(
+        journal = await load_journal(self.store, command.session_id, command.run_id)
+        if driver_of(journal, item.id) != item.id:
+            log.info("run %s has moved past its command; acking a late copy", command.run_id)
+            await self.msg.ack()
+            return
+        await self._execute(item, command, journal)
+
+    # -- command.resume ----------------------------------------------------------------
+
+    async def _run_resume(self, item: CommandResume) -> None:
+        session_id, run_id = item.session_id or "", item.run_id or ""
+        if not run_id or await terminal_of(self.store, session_id, run_id) is not None:
+            log.info("resume %s for run %s: the run has ended; ignored", item.id, run_id)
+            await self.msg.ack()
+            return
+        journal = await load_journal(self.store, session_id, run_id)
+        first = journal.first_start
+        ask = None if first is None else await command_at(self.store, first.data.command_seq or 0)
+        if ask is None:
+            log.warning("resume %s: run %s has no recorded start; ignored", item.id, run_id)
+            await self.msg.ack()
+            return
+        command = command_of(ask)
+        if driver_of(journal, ask.id) != item.id:
+            probe = self._context(command, journal, item.id)
+            answer = await answer_for(probe, journal, item)
+            if answer is None or not await record_answer(probe, journal, answer):
+                await self.msg.ack()
+                return
+            fault_point("after_resumed")
+        await self._execute(ask, command, journal, driver_id=item.id)
+
+    # -- command.cancel ----------------------------------------------------------------
+
+    async def _run_cancel(self, item: CommandCancel) -> None:
+        data = item.data
+        report = await cancel_run(
+            self.store,
+            item.session_id or "",
+            data.target_run_id,
+            mode=data.mode,
+            reason=data.reason,
+            requested_by=data.requested_by or item.user_code,
+            causation_id=item.id,
+        )
+        log.info(
+            "cancel %s: %d runs cancelled, %d had ended",
+            data.target_run_id,
+            len(report.cancelled),
+            len(report.already_ended),
+        )
+        await self.msg.ack()
+
+    # -- executing the handler ---------------------------------------------------------
+
+    def _context(self, command: Command, journal: Journal, driver_id: str) -> AgentContext:
+        return AgentContext(
             self.store,
             command,
             worker_id=self.worker_id,
             attempt=self.attempt,
             settings=self.settings,
+            journal=journal,
+            driver_id=driver_id,
         )
+
+    async def _execute(
+        self, ask: CommandAsk, command: Command, journal: Journal, driver_id: str | None = None
+    ) -> None:
+        driver = driver_id or ask.id
+        context = self._context(command, journal, driver)
         if self.attempt > self.settings.max_deliver:
             # Every allowed attempt died with its worker: end the run here instead.
             await self._finish(
@@ -148,35 +235,104 @@ class Execution:
                         ),
                     ),
                 ),
+                ask,
             )
             return
         await self.store.append(
             RunStarted(
-                id=f"{command.run_id}:started:{self.attempt}",
+                id=f"{command.run_id}:started:{driver}:{self.attempt}",
                 **context.envelope(),
-                data=RunStartedData(attempt=self.attempt, command_seq=self.seq),
+                data=RunStartedData(attempt=self.attempt, command_seq=ask_seq(journal, self.seq)),
             )
         )
-        terminal = await self._handle(command, context)
-        if terminal is not None:
-            await self._finish(context, terminal)
+        terminal = await self._handle(command, context, self._deadline(ask, journal))
+        if terminal is _SUSPENDED:
+            await context.flush()
+            await self.msg.ack()  # the wait is in the journal; a resume continues the run
+        elif terminal is _CANCELLED:
+            await self.msg.ack()
+        elif isinstance(terminal, Event):
+            await self._finish(context, terminal, ask)
 
-    async def _handle(self, command: Command, context: AgentContext) -> Event | None:
+    def _deadline(self, ask: CommandAsk, journal: Journal) -> float | None:
+        """Seconds left before the run's deadline (measured from its first start)."""
+        limit = ask.data.timeout_s or self.settings.run_timeout or None
+        if limit is None:
+            return None
+        first = journal.first_start
+        if first is None:
+            return limit
+        return limit - (datetime.now(UTC) - first.time).total_seconds()
+
+    async def _handle(
+        self, command: Command, context: AgentContext, deadline: float | None
+    ) -> Event | object | None:
         heartbeat = asyncio.create_task(self._keep_alive())
+        handler = asyncio.create_task(self._call_handler(command, context))
+        watch = await self._watch_end(context, handler)
+        try:
+            timeout = None if deadline is None else max(deadline, 0.0)
+            done, _pending = await asyncio.wait({handler}, timeout=timeout)
+            if not done:
+                return await self._timed_out(context, handler, deadline)
+            return handler.result()
+        except asyncio.CancelledError:
+            if context.cancelled:  # force-cancelled: the run's terminal event is in the log
+                return _CANCELLED
+            raise
+        finally:
+            if not handler.done():  # the worker is draining or stopping
+                handler.cancel()
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await watch.unsubscribe()
+
+    async def _call_handler(self, command: Command, context: AgentContext) -> Event | object | None:
         run_id = command.run_id
         try:
             await self.plugins.call("on_task_start", command, context, run_id=run_id)
             try:
                 result = await self.worker.process_command(command, context)
+            except RunSuspended:
+                return _SUSPENDED
             except Exception as exc:  # noqa: BLE001 - any handler failure becomes an event
                 await self.plugins.call("on_task_error", command, context, exc, run_id=run_id)
                 return await self._failure(context, exc)
             await self.plugins.call("on_task_complete", command, context, result, run_id=run_id)
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+        except RunSuspended:
+            return _SUSPENDED
         return RunCompleted(**context.envelope(), data=completion(result))
+
+    async def _timed_out(
+        self, context: AgentContext, handler: asyncio.Task[Any], deadline: float | None
+    ) -> Event:
+        handler.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await handler
+        return RunFailed(
+            **context.envelope(),
+            data=RunFailedData(
+                error=ErrorInfo(type="Timeout", message="the run passed its deadline"),
+                code="timeout",
+                retryable=False,
+            ),
+        )
+
+    async def _watch_end(self, context: AgentContext, handler: asyncio.Task[Any]) -> Any:
+        """Follow the run's ``.end`` subject while the handler runs: a ``run.cancelled``
+        written by a cancel (on any worker) sets ``ctx.cancelled``, and a forced one
+        cancels the handler at its next await."""
+        subject = run_end_subject(context.session_id, context.run_id, self.store.settings.root)
+
+        async def on_end(msg: Msg) -> None:
+            event = decode(msg.data, seq=0, subject=msg.subject)
+            if isinstance(event, RunCancelled):
+                context.mark_cancelled()
+                if event.data.mode == "force":
+                    handler.cancel()
+
+        return await self.store.nc.subscribe(subject, cb=on_end)
 
     async def _failure(self, context: AgentContext, exc: Exception) -> Event | None:
         error = ErrorInfo(type=type(exc).__name__, message=str(exc)[:2000] or type(exc).__name__)
@@ -202,13 +358,26 @@ class Execution:
             data=RunFailedData(error=error, code="runner.exception", retryable=False),
         )
 
-    async def _finish(self, context: AgentContext, terminal: Event) -> None:
+    async def _finish(self, context: AgentContext, terminal: Event, ask: CommandAsk) -> None:
         await context.flush()
+        fault_point("before_terminal")
         try:
             await self.store.append(terminal, expected_last_subject_seq=0)
         except ConcurrencyError:
-            # Another delivery (a redelivery or a zombie) ended the run first: stop quietly.
-            log.info("run %s was ended by another worker; dropping this attempt", context.run_id)
+            # Another delivery (a redelivery, a zombie, a cancel) ended the run first.
+            log.info("run %s was ended by another writer; dropping this attempt", context.run_id)
+        else:
+            if terminal.type != "run.completed":
+                # A failed or timed-out run takes its live children with it.
+                await cancel_tree(
+                    self.store,
+                    context.session_id,
+                    context.run_id,
+                    reason=f"parent run ended {terminal.type.removeprefix('run.')}",
+                    requested_by=context.run_id,
+                )
+            if ask.data.reply_to is not None:
+                await notify_parent(self.store, ask.data.reply_to, context.run_id, terminal)
         await self.msg.ack()
 
     async def _keep_alive(self) -> None:
@@ -220,7 +389,6 @@ class Execution:
         if isinstance(item, Undecodable):
             reason = item.reason
         elif item.type.startswith("command."):
-            # cancel / steer / resume belong to the orchestration layer, not built yet
             reason = f"{item.type} is not handled by workers yet"
         else:
             reason = f"{item.type} is not a command a worker runs"
@@ -236,6 +404,20 @@ class Execution:
         )
         log.warning("rejected message %d on %s: %s", self.seq, self.msg.subject, reason)
         await self.msg.ack()
+
+
+_SUSPENDED = object()
+"""What ``_handle`` returns when the handler parked the run (``RunSuspended``)."""
+_CANCELLED = object()
+"""What ``_handle`` returns when a forced cancel stopped the handler."""
+
+
+def ask_seq(journal: Journal, delivered_seq: int) -> int:
+    """The stream sequence of the run's ``command.ask`` (a resume's own seq is not it)."""
+    first = journal.first_start
+    if first is not None and first.data.command_seq:
+        return first.data.command_seq
+    return delivered_seq
 
 
 __all__ = ["Execution", "command_of", "completion"]

@@ -40,6 +40,10 @@ class WorkerSettings:
     """KV bucket holding one lease per live worker id (and the active plugin config)."""
     hook_timeout: float = 5.0
     """Seconds one plugin hook may run before it is abandoned (and counted as a timeout)."""
+    run_timeout: float = 0.0
+    """Seconds a run may take from its first start (0: no limit); a command's own
+    ``timeout_s`` (``call_agent(timeout=...)``) takes precedence. Past it the run ends
+    ``run.failed`` with code ``timeout`` and its subtree is cancelled."""
     plugin_dir: str = ""
     """A directory of plugin files (``runners.plugin_loading``); empty for none."""
 

@@ -33,6 +33,8 @@ class Command:
     root_run_id: str | None = None
     message_id: str = ""
     """The id of the command event (by-framework's message id)."""
+    group_id: str | None = None
+    """The group this run is a member of, if a parent dispatched it in one."""
 
     @property
     def text(self) -> str:
@@ -60,6 +62,11 @@ class GatewayWorker(ABC):
     ...         await context.emit_chunk(command.text)
     ...         return command.text
     """
+
+    steering: bool = False
+    """Set ``steering = True`` on a worker class whose handlers read ``ctx.steering()``:
+    a ``command.steer`` for a session with a live run of this class then joins that run's
+    inbox instead of starting a new run."""
 
     @abstractmethod
     def get_agent_types(self) -> list[str]:

@@ -62,6 +62,8 @@ DESIGN_TYPES = [
     "state.updated",
     "run.waiting",
     "run.asked_user",
+    "run.called",  # journal entries of orchestration steps (docs/decisions.md)
+    "run.resumed",
     "steering.injected",
     "steering.dropped",
     "run.completed",

@@ -148,14 +148,15 @@ async def test_resending_the_same_command_stores_it_once(nats_url: str) -> None:
     settings = isolated_settings()
     async with GatewayClient(nats_url, settings) as client:
         seq = await client.cancel_task("run-x", "s1", reason="changed my mind", agent_type="echo")
-        assert await client.store.last_seq() == seq
-        stored = [item async for _seq, item in client.store.read(seq, until_seq=seq)]
-        assert len(stored) == 1
+        # The command, then the run's own end: a cancel ends even a run still queued.
+        assert await client.store.last_seq() == seq + 1
+        stored = [item async for _seq, item in client.store.read(seq, until_seq=seq + 1)]
+        assert [item.type for item in stored] == ["command.cancel", "run.cancelled"]  # type: ignore[union-attr]
         command = stored[0]
         assert isinstance(command, Event) and command.type == "command.cancel"
         assert getattr(command.data, "target_run_id", None) == "run-x"
         assert await client.send_command(command) == seq  # same id: a duplicate
-        assert await client.store.last_seq() == seq
+        assert await client.store.last_seq() == seq + 1
 
 
 async def test_cli_send_wait_prints_the_echo(nats_url: str) -> None:
@@ -204,16 +205,23 @@ async def test_cli_tail_prints_the_session_until_interrupted(nats_url: str) -> N
     settings = isolated_settings()
     async with echo_worker(settings, nats_url, "w1"), GatewayClient(nats_url, settings) as client:
         tail = spawn_tail(settings, nats_url, "s-tail")
+        printed: list[str] = []
         try:
             sent = await client.send_message("echo", "s-tail", "tail me")
             await client.wait(sent.run_id, "s-tail", timeout=30)
-            await asyncio.sleep(1.0)  # let the tail print what it has read
+            # Interrupt only once the tail printed the end (a loaded machine starts it late).
+            assert tail.stdout is not None
+            for _ in range(200):
+                line = await asyncio.wait_for(asyncio.to_thread(tail.stdout.readline), 30)
+                printed.append(line)
+                if not line or "run.completed" in line:
+                    break
         finally:
             tail.send_signal(signal.SIGINT)
             stdout, stderr = await asyncio.to_thread(tail.communicate, timeout=15)
         assert tail.returncode == 0, stderr
         assert "Traceback" not in stderr
-        lines = stdout.splitlines()
+        lines = "".join([*printed, stdout]).splitlines()
         assert any("run.started" in line and sent.run_id in line for line in lines), stdout
         assert any("run.completed" in line and "tail me" in line for line in lines), stdout
         seqs = [int(line.split()[0]) for line in lines]

@@ -20,9 +20,15 @@ from eventstore.subjects import run_end_subject, run_filter
 
 
 def spawn_worker(
-    settings: StoreSettings, nats_url: str, worker_class: str, worker_id: str, **worker_env: str
+    settings: StoreSettings,
+    nats_url: str,
+    worker_class: str,
+    worker_id: str,
+    environ: dict[str, str] | None = None,
+    **worker_env: str,
 ) -> subprocess.Popen[str]:
     env = store_env(settings)
+    env.update(environ or {})
     env.update({f"JETLEDGER_WORKER_{k.upper()}": v for k, v in worker_env.items()})
     return subprocess.Popen(
         [

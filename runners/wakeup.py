@@ -1,0 +1,57 @@
+"""Waking a waiting parent (G5): the ``command.resume`` a child's end publishes.
+
+The resume's id is derived from the parent and the child, so however often it is sent
+(a redelivered child command, a crash between the child's terminal event and this
+publish) the log keeps one within the duplicate window, and the parent's journal
+(``run.resumed`` recorded with an expected sequence) absorbs any later copy.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js.errors import NotFoundError
+
+from eventstore.catalog import CommandAsk, CommandResume, CommandResumeData, ReplyTo
+from eventstore.codec import decode
+from eventstore.envelope import Event
+from eventstore.store import EventStore
+
+log = logging.getLogger(__name__)
+
+
+async def notify_parent(
+    store: EventStore, reply_to: ReplyTo, child_run_id: str, terminal: Event
+) -> None:
+    """Tell the parent named by ``reply_to`` that ``child_run_id`` ended with ``terminal``."""
+    status = terminal.type.removeprefix("run.")
+    result = getattr(terminal.data, "result", None)
+    await store.append(
+        CommandResume(
+            id=f"resume-{reply_to.run_id}-{child_run_id}",
+            session_id=reply_to.session_id,
+            run_id=reply_to.run_id,
+            agent_type=reply_to.agent_type,
+            causation_id=terminal.id,
+            data=CommandResumeData(
+                reason="child_completed",
+                child_run_id=child_run_id,
+                status=status,
+                result=result,
+            ),
+        )
+    )
+    log.debug("woke parent %s: child %s %s", reply_to.run_id, child_run_id, status)
+
+
+async def command_at(store: EventStore, seq: int) -> CommandAsk | None:
+    """The ``command.ask`` stored at ``seq`` (the command a run was started by)."""
+    try:
+        raw = await store.js.get_msg(store.settings.stream, seq=seq, direct=True)
+    except NotFoundError:
+        return None
+    item = decode(raw.data or b"", seq=seq, subject=raw.subject or "", stored_at=raw.time)
+    return item if isinstance(item, CommandAsk) else None
+
+
+__all__ = ["command_at", "notify_parent"]
