@@ -114,6 +114,14 @@ def delta_text(events: list[Event], run_id: str) -> str:
     )
 
 
+def resumed_steps(events: list[Event], run_id: str) -> list[int]:
+    return [
+        e.data.step  # type: ignore[attr-defined]
+        for e in events
+        if e.type == "run.resumed" and e.run_id == run_id
+    ]
+
+
 async def settle(store: EventStore, root_run_id: str, seconds: float = 1.0) -> list[Event]:
     """Read the tree after a pause (late duplicates, if any, would show up by then)."""
     await asyncio.sleep(seconds)
@@ -137,6 +145,7 @@ async def test_call_agent_returns_the_childs_reply_across_crashes(
         assert children == [f"{command.run_id}-c0"]
         assert delta_text(events, command.run_id or "") == "before|after|"
         assert delta_text(events, children[0]) == "hello"
+        assert resumed_steps(events, command.run_id or "") == [0]  # woken once
 
 
 @pytest.mark.parametrize(
@@ -178,6 +187,37 @@ async def test_groups_keep_every_member_result(
                 member = f"{command.run_id}-g0-m{index}"
                 assert ends[member].type == "run.cancelled", ends[member]
         assert delta_text(events, command.run_id or "") == "fan-out|gathered|"
+        # Members ending in the same instant still wake the parent once (collect = step 1).
+        assert resumed_steps(events, command.run_id or "") == [1]
+
+
+async def test_max_concurrent_bounds_live_members(nats_url: str, tmp_path: Path) -> None:
+    async with system(nats_url, tmp_path) as (store, _settings):
+        command = ask(
+            "doc",
+            "group-bounded",
+            mode="group",
+            members=8,
+            max_concurrent=3,
+            slow=list(range(8)),
+            slow_s=0.3,
+        )
+        await store.append(command)
+        terminal = await wait_terminal(store, command, 60)
+        assert terminal.data.result["errors"] == 0  # type: ignore[attr-defined]
+        events = await settle(store, command.run_id or "")
+        live: set[str] = set()
+        most = 0
+        for event in events:  # in log order
+            member = event.run_id or ""
+            if "-g0-m" not in member:
+                continue
+            if event.type == "run.started":
+                live.add(member)
+            elif event.type in TERMINAL:
+                live.discard(member)
+            most = max(most, len(live))
+        assert most == 3
 
 
 @pytest.mark.parametrize("fault", [None, "after_resumed", "before_terminal"])
