@@ -177,6 +177,10 @@ class Execution:
         if driver_of(journal, ask.id) != item.id:
             probe = self._context(command, journal, item.id)
             answer = await answer_for(probe, journal, item)
+            if answer is None and item.data.reason == "user_reply":
+                # A person's reply that answers nothing: say so in the log (G6).
+                await self._reject(item, f"run {run_id} is not waiting for this reply")
+                return
             if answer is None or not await record_answer(probe, journal, answer):
                 await self.msg.ack()
                 return
@@ -385,8 +389,10 @@ class Execution:
             await asyncio.sleep(self.settings.in_progress_interval)
             await self.msg.in_progress()
 
-    async def _reject(self, item: Event | Undecodable) -> None:
-        if isinstance(item, Undecodable):
+    async def _reject(self, item: Event | Undecodable, why: str | None = None) -> None:
+        if why is not None:
+            reason = why
+        elif isinstance(item, Undecodable):
             reason = item.reason
         elif item.type.startswith("command."):
             reason = f"{item.type} is not handled by workers yet"

@@ -19,7 +19,13 @@ import pytest
 from storekit import isolated_settings, open_store
 from workerkit import spawn_worker, stop, wait_terminal
 
-from eventstore.catalog import CommandAsk, CommandAskData
+from eventstore.catalog import (
+    CommandAsk,
+    CommandAskData,
+    CommandResume,
+    CommandResumeData,
+    IngestRejected,
+)
 from eventstore.codec import Undecodable
 from eventstore.envelope import Event
 from eventstore.settings import StoreSettings
@@ -261,6 +267,38 @@ async def test_replies_to_runs_that_do_not_wait_are_refused(nats_url: str, tmp_p
             with pytest.raises(LookupError):
                 await client.reply("run-that-never-was", "hi")
         assert await store.last_seq() == before  # refusals store nothing
+
+        # A parent waiting on a child is not waiting for a person.
+        waiting = ask("x", "call-waits-on-child", mode="call", slow_s=3.0)
+        await store.append(waiting)
+        async with GatewayClient(settings=settings, nats_url=nats_url) as client:
+            for _ in range(100):
+                with contextlib.suppress(LookupError, RunNotWaitingError):
+                    location = await client.reply("call-waits-on-child-c0", "hi")
+                    pytest.fail(f"a running child took a reply: {location}")
+                events = await tree_events(store, "call-waits-on-child")
+                if any(e.type == "run.waiting" for e in events):
+                    break
+                await asyncio.sleep(0.05)
+            with pytest.raises(RunNotWaitingError, match=r"latest step is run\.waiting"):
+                await client.reply("call-waits-on-child", "hi")
+            # A forged resume from a raw publisher answers nothing and is recorded as such.
+            forged = CommandResume(
+                session_id="s-orch",
+                run_id="call-waits-on-child",
+                agent_type="planner",
+                data=CommandResumeData(reason="user_reply", question_id="q-nope", answer="x"),
+            )
+            await store.append(forged)
+            terminal = await wait_terminal(store, waiting, 60)
+            assert terminal.data.result["content"] == "x"  # type: ignore[attr-defined]
+            rejected = [
+                item
+                async for _seq, item in store.read(1)
+                if isinstance(item, IngestRejected)
+                and "not waiting for this reply" in item.data.reason
+            ]
+            assert len(rejected) == 1
 
 
 async def test_cancelling_the_root_cancels_the_whole_tree(nats_url: str, tmp_path: Path) -> None:
