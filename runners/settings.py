@@ -67,9 +67,16 @@ class WorkerSettings:
         return replace(cls(**values), **given)
 
     @property
+    def effective_ack_wait(self) -> float:
+        """The shortest time JetStream waits for an ack: with a ``backoff`` list the server
+        uses its delays instead of ``ack_wait`` (the first one for the first delivery)."""
+        return min(self.ack_wait, *self.backoff) if self.backoff else self.ack_wait
+
+    @property
     def in_progress_interval(self) -> float:
-        """How often a live run tells JetStream it is still working (well inside ack_wait)."""
-        return max(0.1, self.ack_wait / 3)
+        """How often a live run tells JetStream it is still working (well inside the
+        effective ack wait, so a live run is never redelivered)."""
+        return max(0.1, self.effective_ack_wait / 3)
 
 
 __all__ = ["WorkerSettings"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import signal
 
@@ -192,3 +193,49 @@ async def test_garbage_on_ctrl_is_rejected_and_the_worker_keeps_serving(nats_url
             assert len(rejected) == 4 and all(r.data.reason for r in rejected)
         finally:
             assert stop(worker) == 0
+
+
+async def test_backoff_replaces_ack_wait_without_redelivering_live_runs(nats_url: str) -> None:
+    """JetStream uses BackOff delays instead of AckWait: a live 3 s run must still get its
+    in-progress acks in time (no second start), and a killed worker's run comes back after
+    the first delay (1 s), not after the 30 s ack wait."""
+    settings = isolated_settings()
+    env = {"ack_wait": "30", "backoff": "1,1,1", "max_deliver": "4"}
+    async with open_store(nats_url, settings) as store:
+        victim = spawn_worker(settings, nats_url, FLAKY, "victim", **env)
+        try:
+            info = None
+            for _ in range(100):
+                with contextlib.suppress(Exception):
+                    info = await store.js.consumer_info(settings.stream, "jl-agent-flaky")
+                    break
+                await asyncio.sleep(0.1)
+            assert info is not None and list(info.config.backoff or []) == [1.0, 1.0, 1.0]
+            live = ask("flaky", "live", sleep=3.0)
+            await store.append(live)
+            terminal = await wait_terminal(store, live, 30)
+            assert terminal.type == "run.completed"
+            history = await run_history(store, live.run_id or "")
+            assert [e.type for e in history].count("run.started") == 1, history
+
+            doomed = ask("flaky", "doomed", sleep=2.0)
+            await store.append(doomed)
+            for _ in range(100):
+                if any(
+                    e.type == "run.started" for e in await run_history(store, doomed.run_id or "")
+                ):
+                    break
+                await asyncio.sleep(0.05)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(timeout=10)
+            killed_at = asyncio.get_running_loop().time()
+            survivor = spawn_worker(settings, nats_url, FLAKY, "survivor", **env)
+            try:
+                terminal = await wait_terminal(store, doomed, 25)
+                assert terminal.type == "run.completed"
+                assert asyncio.get_running_loop().time() - killed_at < 20  # not the 30 s ack wait
+            finally:
+                assert stop(survivor) == 0
+        finally:
+            if victim.poll() is None:
+                stop(victim)
