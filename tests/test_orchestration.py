@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from storekit import isolated_settings, open_store
-from workerkit import spawn_worker, stop, wait_terminal
+from workerkit import spawn_worker_in, stop, wait_terminal
 
 from eventstore.catalog import (
     CommandAsk,
@@ -58,12 +58,12 @@ async def system(
             for index in range(2):
                 for worker_class, name in ((PLANNER, "planner"), (SHARD, "shard")):
                     workers.append(
-                        spawn_worker(
+                        spawn_worker_in(
                             settings,
                             nats_url,
                             worker_class,
                             f"{name}-{index}",
-                            environ=environ,
+                            environ,
                             **WORKER_ENV,
                         )
                     )

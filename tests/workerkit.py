@@ -20,15 +20,22 @@ from eventstore.subjects import run_end_subject, run_filter
 
 
 def spawn_worker(
+    settings: StoreSettings, nats_url: str, worker_class: str, worker_id: str, **worker_env: str
+) -> subprocess.Popen[str]:
+    return spawn_worker_in(settings, nats_url, worker_class, worker_id, {}, **worker_env)
+
+
+def spawn_worker_in(
     settings: StoreSettings,
     nats_url: str,
     worker_class: str,
     worker_id: str,
-    environ: dict[str, str] | None = None,
+    environ: dict[str, str],
     **worker_env: str,
 ) -> subprocess.Popen[str]:
+    """:func:`spawn_worker` with extra environment variables (e.g. fault injection)."""
     env = store_env(settings)
-    env.update(environ or {})
+    env.update(environ)
     env.update({f"JETLEDGER_WORKER_{k.upper()}": v for k, v in worker_env.items()})
     return subprocess.Popen(
         [
