@@ -11,7 +11,7 @@ import base64
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from eventstore.catalog import (
@@ -38,6 +38,8 @@ from runners.orchestration import CalledAgent, GroupTask, Steps
 from runners.outcomes import AgentReply, MemberResult
 from runners.registry import ActiveWorker, get_active_workers
 from runners.settings import WorkerSettings
+from runners.steering import Inbox, SteeringMessage
+from runners.steering_reader import SteeringReader
 from runners.worker import Command
 
 STATE_BUCKET = "jl_state"
@@ -74,6 +76,13 @@ class AgentContext:
         self._last_out_seq = self._journal.last_seq
         self._steps = Steps(self, self._journal, driver_id or command.message_id)
         self._cancel = asyncio.Event()
+        self._steering = SteeringReader(
+            Inbox(store, command.session_id, command.run_id),
+            self._journal.steering,
+            envelope=self.envelope,
+            emit=self._emit_unjournaled,
+            cancelled=self._cancel,
+        )
         self._chunks: list[str] = []
         self._chunk_index = self._journal.delta_count
         self._flush_task: asyncio.Task[None] | None = None
@@ -164,6 +173,11 @@ class AgentContext:
         )
         if result.seq is not None:
             self._last_out_seq = max(self._last_out_seq, result.seq)
+
+    async def _emit_unjournaled(self, event: Event) -> None:
+        # Steering records are replayed by their own index (Journal.steering), not by
+        # position among emits; their ids are deterministic, so a repeat is a duplicate.
+        await self._emit(event, journaled=False)
 
     def _replaying_emit(self) -> bool:
         index, self._emit_index = self._emit_index, self._emit_index + 1
@@ -373,6 +387,25 @@ class AgentContext:
     ) -> Any:
         """Ask a human and return the answer (``GatewayClient.reply`` sends it)."""
         return await self._steps.ask_user(prompt, schema, timeout)
+
+    # -- steering (issue 4 §8; see runners.steering) ------------------------------------
+
+    async def next_steering(self, timeout: float | None = None) -> SteeringMessage | None:
+        """The next steering message sent to this run (``GatewayClient.steer``), recorded
+        as ``steering.injected``; None after ``timeout`` seconds or once the run is
+        cancelled. Messages reach a run only if its worker class sets ``steering = True``."""
+        return await self._steering.next(timeout)
+
+    async def steering(self, idle_timeout: float | None = None) -> AsyncIterator[SteeringMessage]:
+        """``async for msg in ctx.steering(idle_timeout)``: messages until none arrives
+        for ``idle_timeout`` seconds (None: until the run is cancelled)."""
+        while (message := await self.next_steering(idle_timeout)) is not None:
+            yield message
+
+    @property
+    def steering_reader(self) -> SteeringReader:
+        """The runtime's handle on the run's inbox (stopped and closed at its end)."""
+        return self._steering
 
     # -- registry ----------------------------------------------------------------------
 

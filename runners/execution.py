@@ -23,6 +23,7 @@ from eventstore.catalog import (
     CommandCancel,
     CommandReloadPlugins,
     CommandResume,
+    CommandSteer,
     CommandWorker,
     ErrorInfo,
     IngestRejected,
@@ -50,6 +51,7 @@ from runners.orchestration import RunSuspended
 from runners.plugins import PluginHost
 from runners.resumption import answer_for, driver_of, record_answer
 from runners.settings import WorkerSettings
+from runners.steering import ask_from_steer, route_steer
 from runners.wakeup import command_at, notify_parent
 from runners.worker import Command, GatewayWorker, Reply
 
@@ -136,6 +138,8 @@ class Execution:
             await self._run_resume(item)
         elif isinstance(item, CommandCancel):
             await self._run_cancel(item)
+        elif isinstance(item, CommandSteer):
+            await self._run_steer(item)
         else:
             await self._reject(item)
 
@@ -208,6 +212,15 @@ class Execution:
         )
         await self.msg.ack()
 
+    # -- command.steer -----------------------------------------------------------------
+
+    async def _run_steer(self, item: CommandSteer) -> None:
+        # Joins a live run's inbox (runners.steering), else starts a run like an ask.
+        if await route_steer(self.store, item, self.seq, enabled=self.worker.steering):
+            await self.msg.ack()
+            return
+        await self._run_ask(ask_from_steer(item))
+
     # -- executing the handler ---------------------------------------------------------
 
     def _context(self, command: Command, journal: Journal, driver_id: str) -> AgentContext:
@@ -254,6 +267,8 @@ class Execution:
             await context.flush()
             await self.msg.ack()  # the wait is in the journal; a resume continues the run
         elif terminal is _CANCELLED:
+            if self.worker.steering:
+                await context.steering_reader.close()
             await self.msg.ack()
         elif isinstance(terminal, Event):
             await self._finish(context, terminal, ask)
@@ -291,6 +306,7 @@ class Execution:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             await watch.unsubscribe()
+            await context.steering_reader.stop()
 
     async def _call_handler(self, command: Command, context: AgentContext) -> Event | object | None:
         run_id = command.run_id
@@ -365,6 +381,8 @@ class Execution:
     async def _finish(self, context: AgentContext, terminal: Event, ask: CommandAsk) -> None:
         await context.flush()
         fault_point("before_terminal")
+        if self.worker.steering:  # unread inbox items are recorded before the end
+            await context.steering_reader.close()
         try:
             await self.store.append(terminal, expected_last_subject_seq=0)
         except ConcurrencyError:
@@ -382,6 +400,8 @@ class Execution:
                 )
             if ask.data.reply_to is not None:
                 await notify_parent(self.store, ask.data.reply_to, context.run_id, terminal)
+        if self.worker.steering:
+            await context.steering_reader.inbox.forget()
         await self.msg.ack()
 
     async def _keep_alive(self) -> None:

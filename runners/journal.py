@@ -22,6 +22,7 @@ from eventstore.catalog import (
     RunResumed,
     RunStarted,
     RunWaiting,
+    SteeringInjected,
     ToolCallCompleted,
 )
 from eventstore.codec import Undecodable
@@ -79,6 +80,8 @@ class Journal:
     """Step -> (seq, ``run.waiting`` or ``run.asked_user``)."""
     resumed: dict[int, tuple[int, RunResumed]] = field(default_factory=dict)
     emits: list[Event] = field(default_factory=list)
+    steering: list[SteeringInjected] = field(default_factory=list)
+    """Steering messages handed to the handler, in order (replayed by their own index)."""
     chunk_chars: int = 0
     delta_count: int = 0
     first_start: RunStarted | None = None
@@ -99,6 +102,8 @@ class Journal:
             self.called[event.data.step] = event
         elif isinstance(event, RunResumed):
             self.resumed[event.data.step] = (seq, event)
+        elif isinstance(event, SteeringInjected):
+            self.steering.append(event)
         else:
             self._add_step_marker(seq, event)
 

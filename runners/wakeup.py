@@ -12,10 +12,11 @@ import logging
 
 from nats.js.errors import NotFoundError
 
-from eventstore.catalog import CommandAsk, CommandResume, CommandResumeData, ReplyTo
+from eventstore.catalog import CommandAsk, CommandResume, CommandResumeData, CommandSteer, ReplyTo
 from eventstore.codec import decode
 from eventstore.envelope import Event
 from eventstore.store import EventStore
+from runners.steering import ask_from_steer
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,15 @@ async def notify_parent(
 
 
 async def command_at(store: EventStore, seq: int) -> CommandAsk | None:
-    """The ``command.ask`` stored at ``seq`` (the command a run was started by)."""
+    """The ``command.ask`` stored at ``seq`` (the command a run was started by); a
+    ``command.steer`` that started a run is read back as its equivalent ask."""
     try:
         raw = await store.js.get_msg(store.settings.stream, seq=seq, direct=True)
     except NotFoundError:
         return None
     item = decode(raw.data or b"", seq=seq, subject=raw.subject or "", stored_at=raw.time)
+    if isinstance(item, CommandSteer):
+        return ask_from_steer(item)
     return item if isinstance(item, CommandAsk) else None
 
 
