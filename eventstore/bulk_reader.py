@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections.abc import AsyncGenerator
 from datetime import datetime
 
@@ -82,17 +83,20 @@ async def read_bulk(
     """Records in stream order from ``from_seq``; a bounded read (``follow=False``) stops
     at ``until_seq`` or at the end of the log as it is when the read reaches it."""
     next_seq = max(1, from_seq)
+    # An inbox of its own: on a shared one, concurrent readers got each other's replies.
+    inbox = f"{INBOX}.{uuid.uuid4().hex}"
     connection: RawConnection | None = None
     failures = 0
     try:
         while until_seq is None or next_seq <= until_seq:
             try:
                 if connection is None:
-                    connection = await _connect(options)
+                    connection = await _connect(options, inbox)
                 count = 0
                 async for record in _one_batch(
                     connection,
                     settings,
+                    inbox=inbox,
                     from_seq=next_seq,
                     subject_filter=subject_filter,
                     batch=batch,
@@ -123,10 +127,10 @@ async def read_bulk(
             await connection.close()
 
 
-async def _connect(options: ConnectOptions) -> RawConnection:
+async def _connect(options: ConnectOptions, inbox: str) -> RawConnection:
     connection = RawConnection(options)
     await connection.connect()
-    await connection.subscribe(INBOX)
+    await connection.subscribe(inbox)
     return connection
 
 
@@ -134,6 +138,7 @@ async def _one_batch(
     connection: RawConnection,
     settings: StoreSettings,
     *,
+    inbox: str,
     from_seq: int,
     subject_filter: str | None,
     batch: int,
@@ -147,7 +152,7 @@ async def _one_batch(
         "next_by_subj": subject_filter or settings.subjects_wildcard,
     }
     await connection.publish(
-        f"$JS.API.DIRECT.GET.{settings.stream}", json.dumps(request).encode(), INBOX
+        f"$JS.API.DIRECT.GET.{settings.stream}", json.dumps(request).encode(), inbox
     )
     while True:
         for message in await connection.messages(settings.request_timeout):

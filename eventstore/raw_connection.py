@@ -115,7 +115,11 @@ class RawConnection:
     async def _fill(self, timeout: float) -> None:
         assert self._reader is not None
         try:
-            chunk = await asyncio.wait_for(self._reader.read(READ_CHUNK), timeout)
+            # Not wait_for: on Python 3.11 it swallows a cancellation that arrives as the
+            # read completes, and a cancelled follower then reads on forever (a projector
+            # told to stop hung that way when the log grew at the same moment).
+            async with asyncio.timeout(timeout):
+                chunk = await self._reader.read(READ_CHUNK)
         except TimeoutError as exc:
             raise RawConnectionError(f"no data from NATS within {timeout}s") from exc
         except (OSError, ssl.SSLError) as exc:  # reset by a restarting server, for one
