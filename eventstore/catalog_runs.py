@@ -272,6 +272,7 @@ class GroupMember(Payload):
     run_id: IdStr
     agent_type: IdStr
     content: Content
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
 
 
 class GroupDispatchedData(Payload):

@@ -143,10 +143,16 @@ async def _cancel_one(
     try:
         result = await store.append(terminal, expected_last_subject_seq=0)
     except ConcurrencyError:
-        return False
-    if result.duplicate:
-        return False
-    log.info("cancelled run %s (%s)", run_id, reason or mode)
+        # Ended already; by this same cancel if a concurrent walk (the client's and a
+        # worker's take the same command) got there first.
+        existing = await terminal_of(store, session_id, run_id)
+        return (
+            isinstance(existing, RunCancelled)
+            and causation_id is not None
+            and existing.causation_id == causation_id
+        )
+    if not result.duplicate:  # a duplicate is this cancellation, stored by a concurrent walk
+        log.info("cancelled run %s (%s)", run_id, reason or mode)
     return True
 
 

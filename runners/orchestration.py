@@ -16,6 +16,7 @@ idempotent; everything done through the context is replayed exactly.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,10 @@ from runners.outcomes import (
 
 if TYPE_CHECKING:
     from runners.context import AgentContext
+
+
+PUBLISH_WINDOW = 64
+"""Child commands of a group in flight at once."""
 
 
 class RunSuspended(BaseException):
@@ -247,7 +252,7 @@ class Steps:
             )
             await ctx._emit(group, journaled=False)
         self._groups[group_id] = group
-        await self._top_up(group, step, [None] * len(group.data.members), tasks)
+        await self._top_up(group, step, [None] * len(group.data.members))
         return group_id
 
     def _new_group(
@@ -269,6 +274,7 @@ class Steps:
                 run_id=member_run_id(group_id, index),
                 agent_type=task.agent_type,
                 content=input_mapper(raw_input, index) if input_mapper else task.content,
+                metadata=task.metadata,
             )
             for index, task in enumerate(tasks)
         ]
@@ -283,28 +289,33 @@ class Steps:
         )
 
     async def _top_up(
-        self,
-        group: GroupDispatched,
-        step: int,
-        outcomes: list[ChildOutcome | None],
-        tasks: Sequence[GroupTask] | None = None,
+        self, group: GroupDispatched, step: int, outcomes: list[ChildOutcome | None]
     ) -> None:
-        """Publish the members ``max_concurrent`` allows now (publishing is idempotent)."""
+        """Publish the members ``max_concurrent`` allows now (publishing is idempotent:
+        a member's command id is derived from its run id)."""
         limit = dispatch_limit(group, outcomes)
         reply_to = self._reply_to(step)
-        for member, outcome in zip(group.data.members[:limit], outcomes, strict=False):
-            if outcome is not None:
-                continue
-            metadata = tasks[member.index].metadata if tasks else None
-            await self._publish_child(
-                member.run_id,
-                member.agent_type,
-                member.content,
-                metadata=metadata,
-                reply_to=reply_to,
-                timeout=None,
-                group_id=group.group_id,
+        gate = asyncio.Semaphore(PUBLISH_WINDOW)
+
+        async def publish(member: GroupMember) -> None:
+            async with gate:
+                await self._publish_child(
+                    member.run_id,
+                    member.agent_type,
+                    member.content,
+                    metadata=member.metadata,
+                    reply_to=reply_to,
+                    timeout=None,
+                    group_id=group.group_id,
+                )
+
+        await asyncio.gather(
+            *(
+                publish(member)
+                for member, outcome in zip(group.data.members[:limit], outcomes, strict=False)
+                if outcome is None
             )
+        )
 
     async def collect_group_results(self, group_id: str) -> list[MemberResult]:
         """Every member's result in member order, once the group reached its outcome;
@@ -329,7 +340,10 @@ class Steps:
         ctx = self._ctx
         state = await group_state(ctx.store, ctx.session_id, group)
         if not state.complete:
-            await self._top_up(group, step, state.outcomes)
+            if group.data.max_concurrent is not None:
+                # Without a bound every member was published at dispatch (and a replay of
+                # dispatch_group publishes again), so only a bounded group has more to send.
+                await self._top_up(group, step, state.outcomes)
             return None
         members = group.data.members
         for member, outcome in zip(members, state.outcomes, strict=True):

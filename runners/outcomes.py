@@ -138,14 +138,42 @@ def is_complete(strategy: str, outcomes: list[ChildOutcome | None]) -> bool:
     return successes + (len(outcomes) - len(ended)) < needed
 
 
+_ENDED: dict[tuple[str, str], ChildOutcome] = {}
+"""Terminal outcomes this process has read: a terminal event never changes, so a wake-up
+only reads the members not known to have ended (a group of n costs O(n) reads per
+worker, not O(n) per wake-up)."""
+_ENDED_LIMIT = 100_000
+_READ_CHUNK = 16
+
+
+async def _known_outcome(
+    store: EventStore, session_id: str, run_id: str, index: int
+) -> ChildOutcome | None:
+    key = (session_id, run_id)
+    outcome = _ENDED.get(key)
+    if outcome is None:
+        outcome = await child_outcome(store, session_id, run_id, index)
+        if outcome is not None:
+            if len(_ENDED) >= _ENDED_LIMIT:
+                _ENDED.clear()
+            _ENDED[key] = outcome
+    return outcome
+
+
 async def group_state(store: EventStore, session_id: str, group: GroupDispatched) -> GroupState:
-    """Read every member's terminal event (one direct get each, concurrently)."""
+    """Read the members' terminal events, a chunk at a time in member order. For ``all``
+    the first live member decides (not complete), so the rest is not read."""
     members = group.data.members
-    outcomes: list[ChildOutcome | None] = list(
-        await asyncio.gather(
-            *(child_outcome(store, session_id, m.run_id, m.index) for m in members)
+    outcomes: list[ChildOutcome | None] = [None] * len(members)
+    wants_all = group.data.strategy == "all"
+    for start in range(0, len(members), _READ_CHUNK):
+        chunk = members[start : start + _READ_CHUNK]
+        found = await asyncio.gather(
+            *(_known_outcome(store, session_id, m.run_id, m.index) for m in chunk)
         )
-    )
+        outcomes[start : start + len(chunk)] = found
+        if wants_all and any(outcome is None for outcome in found):
+            return GroupState(outcomes=outcomes, complete=False)
     return GroupState(outcomes=outcomes, complete=is_complete(group.data.strategy, outcomes))
 
 
