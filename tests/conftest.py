@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from respkit import adapter, adapter_server, resp_endpoint, resp_target  # noqa: F401 - RESP fixtures
 
 from eventstore.embedded import EmbeddedNatsServer
 

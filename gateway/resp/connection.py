@@ -1,0 +1,258 @@
+"""One client connection: its state (protocol, db, name, auth, transaction) and its
+read -> execute -> reply loop.
+
+Reading runs in a task of its own so that a client that disconnects during a blocking
+command (``XREADGROUP ... BLOCK 0``) is noticed at once: ``closed`` is set and the
+command returns. Input and output are bounded per client (``RespSettings``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from nats.errors import Error as NatsError
+
+from eventstore.errors import EventStoreError
+from gateway.resp.protocol import ParserLimits, ProtocolError, RequestParser, encode
+from gateway.resp.registry import COMMANDS, CommandSpec
+from gateway.resp.replies import CommandError, ErrorReply, Reply, SimpleString, wrong_args
+
+if TYPE_CHECKING:
+    from gateway.resp.server import RespServer
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 64 * 1024
+QUEUED = SimpleString("QUEUED")
+NOAUTH = "NOAUTH Authentication required."
+# Commands a client may send before AUTH (Redis lets these through too).
+NO_AUTH_NEEDED = frozenset({"AUTH", "HELLO", "QUIT"})
+
+
+@dataclass(slots=True)
+class Transaction:
+    """What MULTI has queued so far; ``dirty`` once a queued command was refused."""
+
+    commands: list[tuple[CommandSpec, list[bytes]]] = field(default_factory=list)
+    dirty: bool = False
+    queued_bytes: int = 0
+
+
+class Connection:
+    """Per-client state; handlers receive it as ``conn``."""
+
+    def __init__(
+        self,
+        server: RespServer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client_id: int,
+    ) -> None:
+        settings = server.settings
+        self.server = server
+        self.client_id = client_id
+        self.protocol = 2
+        self.db = 0
+        self.client_name: bytes | None = None
+        self.lib_name: bytes | None = None
+        self.lib_ver: bytes | None = None
+        self.authenticated = settings.password is None
+        self.transaction: Transaction | None = None
+        self.closed = asyncio.Event()
+        """Set when the client is gone (or is being closed): blocking commands end."""
+        self.close_after_reply = False
+        """Set by QUIT: the connection closes once the pending replies are written."""
+        self.peer = str(writer.get_extra_info("peername"))
+        self._reader = reader
+        self._writer = writer
+        self._input = asyncio.Event()
+        self._progress = asyncio.Event()
+        """Set when the command loop took a command or ran out of them (reader backpressure)."""
+        self._starved = False
+        """True while the command loop waits for input: the buffer holds no complete command."""
+        self._parser = RequestParser(
+            ParserLimits(
+                max_bulk_len=settings.proto_max_bulk_len,
+                max_multibulk_len=settings.max_multibulk_len,
+                max_inline_len=settings.max_inline_len,
+            )
+        )
+        self._parser.authenticated = self.authenticated
+
+    @property
+    def in_transaction(self) -> bool:
+        """Inside MULTI (and while EXEC runs the queue): blocking commands do not block."""
+        return self.transaction is not None
+
+    def shutdown(self) -> None:
+        """Ask the connection to end: blocking commands return, the loop stops."""
+        self.closed.set()
+        self._input.set()
+
+    def set_authenticated(self, value: bool) -> None:
+        self.authenticated = value
+        self._parser.authenticated = value
+
+    async def serve(self) -> None:
+        """Serve until the client quits, disconnects or breaks the protocol."""
+        reading = asyncio.create_task(self._read_loop(), name=f"resp-read-{self.client_id}")
+        try:
+            await self._command_loop()
+        finally:
+            self.closed.set()
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+            await self._close_transport()
+
+    async def _close_transport(self) -> None:
+        # Pending replies get a bounded time to leave; a client that does not read
+        # them is cut off instead of holding the connection open.
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            await asyncio.wait_for(self._writer.drain(), self.server.settings.shutdown_timeout)
+        self._writer.transport.abort()
+
+    async def _read_loop(self) -> None:
+        limit = self.server.settings.max_query_buffer
+        try:
+            while True:
+                if self._parser.buffered > limit:
+                    if self._starved:
+                        # Not even one complete command fits in the limit: Redis closes too.
+                        log.warning(
+                            "closing client %s: query buffer over %d bytes", self.peer, limit
+                        )
+                        break
+                    # A pipeline bigger than the limit: stop reading until commands ran.
+                    self._progress.clear()
+                    await self._progress.wait()
+                    continue
+                data = await self._reader.read(READ_CHUNK)
+                if not data:
+                    break
+                self._parser.feed(data)
+                self._starved = False  # the new bytes may complete a command
+                self._input.set()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self.closed.set()
+            self._input.set()
+
+    async def _command_loop(self) -> None:
+        while not self.closed.is_set():
+            try:
+                words = self._parser.next_command()
+            except ProtocolError as exc:
+                self._write(ErrorReply(f"ERR {exc.message}"))
+                return
+            if words is None:
+                self._input.clear()
+                self._starved = True
+                self._progress.set()
+                await self._drain()
+                if self.closed.is_set():
+                    return
+                await self._input.wait()
+                self._starved = False
+                continue
+            self._progress.set()
+            reply = await self.execute(words)
+            self._write(reply)
+            if self._output_over_limit():
+                self._writer.transport.abort()
+                return
+            if self.close_after_reply:
+                return
+
+    def _write(self, reply: Reply) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(encode(reply, self.protocol))
+
+    def _output_over_limit(self) -> bool:
+        size = self._writer.transport.get_write_buffer_size()
+        if size > self.server.settings.max_output_buffer:
+            log.warning("closing client %s: %d bytes of replies unread", self.peer, size)
+            return True
+        return False
+
+    async def _drain(self) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.drain()
+
+    async def execute(self, words: list[bytes]) -> Reply:
+        """Run one command (or queue it inside MULTI) and return its reply."""
+        name = words[0].decode("utf-8", "replace").upper()
+        spec = COMMANDS.get(name)
+        refusal = self._refusal(name, spec, words)
+        if refusal is not None:
+            if self.transaction is not None:
+                self.transaction.dirty = True
+            return ErrorReply(refusal)
+        assert spec is not None
+        if self.transaction is not None and not spec.no_transaction:
+            return self._queue(self.transaction, spec, words)
+        return await self.run(spec, words[1:])
+
+    def _queue(self, transaction: Transaction, spec: CommandSpec, words: list[bytes]) -> Reply:
+        settings = self.server.settings
+        transaction.queued_bytes += sum(len(word) for word in words)
+        if (
+            len(transaction.commands) >= settings.max_queued_commands
+            or transaction.queued_bytes > settings.max_queued_bytes
+        ):
+            # Drop what is queued now: the transaction can only be aborted anyway.
+            transaction.commands.clear()
+            transaction.dirty = True
+            return ErrorReply(
+                f"ERR transaction too large for jetledger redis (at most "
+                f"{settings.max_queued_commands} commands, {settings.max_queued_bytes} bytes)"
+            )
+        transaction.commands.append((spec, words[1:]))
+        return QUEUED
+
+    def _refusal(self, name: str, spec: CommandSpec | None, words: list[bytes]) -> str | None:
+        if not self.authenticated and name not in NO_AUTH_NEEDED:
+            return NOAUTH
+        if spec is None:
+            return unknown_command(words)
+        if not spec.arity_ok(len(words)):
+            return wrong_args(spec.name).message
+        return None
+
+    async def run(self, spec: CommandSpec, args: list[bytes]) -> Reply:
+        """Call a handler, turning its errors into error replies."""
+        try:
+            return await spec.handler(self, args)
+        except CommandError as exc:
+            return ErrorReply(exc.message)
+        except (NatsError, EventStoreError, TimeoutError) as exc:
+            # The broker is away (restart, partition): this command fails, the
+            # connection stays, and the next command tries again.
+            log.warning(
+                "RESP command %s from %s: JetStream unavailable: %r", spec.name, self.peer, exc
+            )
+            return ErrorReply(
+                f"ERR jetledger redis: JetStream unavailable ({type(exc).__name__}); try again"
+            )
+        except Exception:  # the connection must outlive any handler bug
+            log.exception("RESP command %s from %s failed", spec.name, self.peer)
+            return ErrorReply(f"ERR internal error in {spec.name.lower()}; see the adapter log")
+
+
+def unknown_command(words: list[bytes]) -> str:
+    """Redis 7's text, byte for byte: args quoted, at most ~128 characters of them."""
+    args = ""
+    for word in words[1:]:
+        if len(args) >= 128:
+            break
+        args += "'" + word.decode("utf-8", "replace")[: 128 - len(args)] + "' "
+    name = words[0].decode("utf-8", "replace")[:128]
+    return f"ERR unknown command '{name}', with args beginning with: {args}"
+
+
+__all__ = ["Connection", "Transaction", "unknown_command"]

@@ -1,0 +1,85 @@
+"""Settings of the RESP adapter: where it listens, its limits and its timeouts.
+
+Every limit mirrors a Redis configuration directive where one exists (named in the
+docstring), so operators can reason about it the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.resp.stream_space import StreamSpaceSettings
+
+
+@dataclass(frozen=True, slots=True)
+class RespSettings:
+    """How ``jetledger redis`` serves clients (defaults: loopback, no password)."""
+
+    host: str = "127.0.0.1"
+    """Interface to listen on; loopback by default so nothing is exposed by accident."""
+
+    port: int = 6380
+    """TCP port; 0 picks a free one (tests)."""
+
+    password: str | None = None
+    """When set, every client must ``AUTH`` first (Redis ``requirepass``)."""
+
+    username: str = "default"
+    """The only user name ``AUTH user pass`` accepts (Redis's default user)."""
+
+    max_clients: int = 1000
+    """Connections served at once; more are refused (Redis ``maxclients``)."""
+
+    proto_max_bulk_len: int = 16 * 1024 * 1024
+    """Largest bulk string a client may send (Redis ``proto-max-bulk-len``)."""
+
+    max_multibulk_len: int = 1024 * 1024
+    """Most words in one command (Redis's fixed limit)."""
+
+    max_inline_len: int = 64 * 1024
+    """Longest inline command or length line (Redis ``PROTO_INLINE_MAX_SIZE``)."""
+
+    max_query_buffer: int = 64 * 1024 * 1024
+    """Unparsed input kept per client; beyond it the client is closed
+    (Redis ``client-query-buffer-limit``)."""
+
+    max_output_buffer: int = 64 * 1024 * 1024
+    """Unsent replies kept per client; a client that reads slower is closed
+    (``client-output-buffer-limit``)."""
+
+    max_queued_commands: int = 10_000
+    """Commands queued in one MULTI; more abort the transaction (bounds memory)."""
+
+    max_queued_bytes: int = 64 * 1024 * 1024
+    """Bytes of arguments queued in one MULTI; more abort the transaction."""
+
+    databases: int = 16
+    """Number of logical databases ``SELECT`` accepts (Redis ``databases``)."""
+
+    kv_bucket: str = "jl_redis"
+    """JetStream KV bucket holding strings, hashes, sets, sorted sets and lists."""
+
+    kv_replicas: int = 1
+    """Replicas of the KV bucket (3 on a cluster)."""
+
+    cas_retries: int = 50
+    """Attempts of one read-modify-write before answering an error under contention."""
+
+    write_cache_size: int = 10_000
+    """Keys whose last written revision this adapter remembers, to save a read before
+    the next change (the write is still revision-checked by the server)."""
+
+    tombstone_ttl_seconds: int = 1
+    """How long a delete marker stays in the KV stream (it only guards compare-and-set)."""
+
+    request_timeout: float = 5.0
+    """Seconds to wait for one KV read or write."""
+
+    shutdown_timeout: float = 2.0
+    """Seconds connections get to finish their command when the server stops."""
+
+    streams: StreamSpaceSettings = field(default_factory=StreamSpaceSettings)
+    """Settings of the stream space (:class:`~gateway.resp.stream_space.StreamSpaceSettings`)."""
+
+
+__all__ = ["RespSettings"]
