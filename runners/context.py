@@ -12,7 +12,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from eventstore.catalog import (
     ArtifactCreated,
@@ -336,6 +336,26 @@ class AgentContext:
         return default if entry is None else entry.value
 
     # -- orchestration (G5; see runners.orchestration) ---------------------------------
+
+    @overload
+    async def call_agent(
+        self,
+        target_agent_type: str,
+        content: Content,
+        wait_for_reply: Literal[True] = True,
+        timeout: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> AgentReply: ...
+
+    @overload
+    async def call_agent(
+        self,
+        target_agent_type: str,
+        content: Content,
+        wait_for_reply: Literal[False],
+        timeout: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> CalledAgent: ...
 
     async def call_agent(
         self,

@@ -34,7 +34,7 @@ class PlannerWorker(GatewayWorker):
             await context.emit_chunk("before|")
             reply = await context.call_agent("shard", command.text, metadata=command.metadata)
             await context.emit_chunk("after|")
-            return {"status": reply.status, "content": reply.content}  # type: ignore[union-attr]
+            return {"status": reply.status, "content": reply.content}
         if mode == "group":
             return await self._group(command, context)
         if mode == "ask":
@@ -44,7 +44,7 @@ class PlannerWorker(GatewayWorker):
             return f"answer: {answer}"
         if mode == "tree":
             reply = await context.call_agent("middle", command.text, metadata=command.metadata)
-            return {"status": reply.status}  # type: ignore[union-attr]
+            return {"status": reply.status}
         raise ValueError(f"unknown mode {mode!r}")
 
     async def _group(self, command: Command, context: AgentContext) -> Any:
