@@ -19,8 +19,11 @@ import typer
 from eventstore.connection import ConnectOptions
 from eventstore.errors import EventStoreError
 from eventstore.settings import StoreSettings, nats_url_from_env
+from gateway.cli_api import register as register_api_command
 from gateway.cli_readmodel import register as register_readmodel_commands
+from gateway.cli_redis import register as register_redis_command
 from gateway.cli_runs import register as register_run_commands
+from gateway.cli_up import register as register_up_command
 
 DEFAULT_NATS_PORT = 4222
 
@@ -123,6 +126,9 @@ def main() -> None:
 
 register_readmodel_commands(app)
 register_run_commands(app)
+register_redis_command(app)
+register_api_command(app)
+register_up_command(app)
 
 
 if __name__ == "__main__":

@@ -159,6 +159,15 @@ class ReadModelBackend(Protocol):
     ) -> list[SessionRow]:
         """Most recent activity first."""
 
+    async def sessions_as_of(
+        self, as_of_seq: int, before_position: int | None = None, limit: int = 50
+    ) -> list[tuple[int, SessionRow]]:
+        """Sessions that existed at ``as_of_seq``, most recent activity first, as
+        ``(position, current row)``: a session's position is the seq of its latest event
+        at or below ``as_of_seq`` (so it does not move when the session gets newer events),
+        and only positions below ``before_position`` are returned. Pages keyed this way
+        never repeat or skip a session however much is written meanwhile."""
+
     async def transcript(self, session_id: str) -> list[TranscriptRow]:
         """Turns ordered by ``seq_from``."""
 

@@ -195,6 +195,11 @@ class DuckDbReadModel:
     ) -> list[SessionRow]:
         return await self._call(lambda db: db.list_sessions(limit, before))
 
+    async def sessions_as_of(
+        self, as_of_seq: int, before_position: int | None = None, limit: int = 50
+    ) -> list[tuple[int, SessionRow]]:
+        return await self._call(lambda db: db.sessions_as_of(as_of_seq, before_position, limit))
+
     async def transcript(self, session_id: str) -> list[TranscriptRow]:
         return await self._call(lambda db: db.transcript(session_id))
 

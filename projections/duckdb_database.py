@@ -337,6 +337,27 @@ class DuckDbDatabase:
         order = '"last_activity" DESC, "session_id" DESC'
         return self._rows("sessions", where, params, order, limit)
 
+    def sessions_as_of(
+        self, as_of_seq: int, before_position: int | None = None, limit: int = 50
+    ) -> list[tuple[int, SessionRow]]:
+        spec = SPECS["sessions"]
+        selected = ", ".join(column.selected for column in spec.columns)
+        sessions, events = quote(self.table_name("sessions")), quote(self.table_name("events"))
+        # Only sessions touched after as_of_seq need the look-up in the EventLog.
+        sql = (
+            f"WITH positioned AS (SELECT *, CASE WHEN s.last_seq <= ? THEN s.last_seq ELSE "
+            f"(SELECT max(e.seq) FROM {events} e WHERE e.session_id = s.session_id "
+            f"AND e.seq <= ?) END AS position FROM {sessions} s WHERE s.first_seq <= ?) "
+            f"SELECT {selected}, position FROM positioned WHERE position < ? "
+            f"ORDER BY position DESC LIMIT ?"
+        )
+        before = before_position if before_position is not None else 2**62
+        params = [as_of_seq, as_of_seq, as_of_seq, before, max(limit, 0)]
+        return [
+            (int(values[-1]), spec.to_row(values[:-1]))
+            for values in self.connection.execute(sql, params).fetchall()
+        ]
+
     def transcript(self, session_id: str) -> list[TranscriptRow]:
         return self._rows("transcript", '"session_id" = ?', [session_id], '"seq_from", "turn_id"')
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, func, or_, select
+from sqlalchemy import ColumnElement, Select, Table, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from projections.contract import TABLES, RunFilter
@@ -158,6 +158,26 @@ class SqlQueries:
                 limit
             ),
         )
+
+    async def sessions_as_of(
+        self, as_of_seq: int, before_position: int | None = None, limit: int = 50
+    ) -> list[tuple[int, SessionRow]]:
+        sessions, events = self._tables["sessions"], self._tables["events"]
+        # Only sessions touched after as_of_seq need the (indexed) look-up in the EventLog.
+        position = case(
+            (sessions.c.last_seq <= as_of_seq, sessions.c.last_seq),
+            else_=select(func.max(events.c.seq))
+            .where(events.c.session_id == sessions.c.session_id, events.c.seq <= as_of_seq)
+            .scalar_subquery(),
+        ).label("position")
+        positioned = select(sessions, position).where(sessions.c.first_seq <= as_of_seq).subquery()
+        query = select(positioned)
+        if before_position is not None:
+            query = query.where(positioned.c.position < before_position)
+        query = query.order_by(positioned.c.position.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            result = await conn.execute(query)
+            return [(int(row[-1]), SessionRow(*row[:-1])) for row in result]
 
     async def transcript(self, session_id: str) -> list[TranscriptRow]:
         turns = self._tables["transcript"]

@@ -788,6 +788,47 @@ class ReadModelSuite(ABC):
             "s2",
         ]
 
+    async def test_sessions_as_of_keep_their_position_after_new_events(
+        self, open_backend: OpenBackend
+    ) -> None:
+        backend = await open_backend()
+        first = [event_row(seq, session_id=f"s{(seq - 1) % 3 + 1}") for seq in range(1, 7)]
+        await backend.commit(
+            changes_of(
+                6,
+                events=first,
+                sessions=[
+                    session_row("s1", 1, 4),
+                    session_row("s2", 2, 5),
+                    session_row("s3", 3, 6),
+                ],
+            )
+        )
+
+        def positions(page: list[tuple[int, SessionRow]]) -> list[tuple[int, str]]:
+            return [(position, row.session_id) for position, row in page]
+
+        assert positions(await backend.sessions_as_of(6)) == [(6, "s3"), (5, "s2"), (4, "s1")]
+        # s1 gets a new event and s4 appears after the snapshot at 6
+        await backend.commit(
+            changes_of(
+                8,
+                events=[event_row(7, session_id="s1"), event_row(8, session_id="s4")],
+                sessions=[session_row("s1", 1, 7), session_row("s4", 8, 8)],
+            )
+        )
+        page = await backend.sessions_as_of(6, before_position=5)
+        assert positions(page) == [(4, "s1")]
+        assert page[0][1] == session_row("s1", 1, 7)  # the current row, at its old position
+        assert positions(await backend.sessions_as_of(6, limit=2)) == [(6, "s3"), (5, "s2")]
+        assert positions(await backend.sessions_as_of(8)) == [
+            (8, "s4"),
+            (7, "s1"),
+            (6, "s3"),
+            (5, "s2"),
+        ]
+        assert await backend.sessions_as_of(0) == []
+
     async def test_transcript_ordered_by_seq_from(self, world: ReadModelBackend) -> None:
         assert await world.transcript("s1") == WORLD_TURNS[:4]
         assert await world.transcript("s2") == [WORLD_TURNS[4]]
