@@ -293,7 +293,7 @@ class Execution:
             timeout = None if deadline is None else max(deadline, 0.0)
             done, _pending = await asyncio.wait({handler}, timeout=timeout)
             if not done:
-                return await self._timed_out(context, handler, deadline)
+                return await self._timed_out(context, handler)
             return handler.result()
         except asyncio.CancelledError:
             if context.cancelled:  # force-cancelled: the run's terminal event is in the log
@@ -324,9 +324,7 @@ class Execution:
             return _SUSPENDED
         return RunCompleted(**context.envelope(), data=completion(result))
 
-    async def _timed_out(
-        self, context: AgentContext, handler: asyncio.Task[Any], deadline: float | None
-    ) -> Event:
+    async def _timed_out(self, context: AgentContext, handler: asyncio.Task[Any]) -> Event:
         handler.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await handler

@@ -118,13 +118,9 @@ class Journal:
             if step is not None:
                 self.waits[step] = (seq, event)
         elif isinstance(event, RunWaiting):
-            data = event.data
-            marker = data.group_id if data.on == "group" else data.child_run_ids[0]
-            # A group wait is its own step (collect_group_results); the group's step is
-            # recorded in the wait's causation id.
+            # Every wait names its step in its causation id (see wait_marker_id): a group
+            # wait is a step of its own (collect_group_results), not the group's step.
             step = _step_from(event.causation_id or "", f"{run_id}-w")
-            if step is None and marker is not None:
-                step = _step_from(marker, f"{run_id}-c")
             if step is not None:
                 self.waits[step] = (seq, event)
 
