@@ -10,8 +10,10 @@ new request once the previous one came back empty, after ``poll_interval``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncGenerator
 from datetime import datetime
@@ -29,17 +31,17 @@ STATUS_EOB = b"204"
 STATUS_NOT_FOUND = b"404"
 
 
+_FIELD = re.compile(rb"\r\n(Nats-Sequence|Nats-Subject|Nats-Time-Stamp):[ \t]*([^\r]*)")
+"""The three header fields a record needs. A direct get's header block also carries the
+stream name and any headers the publisher set: only these are worth a Python object."""
+
+
 def _headers(block: bytes) -> tuple[bytes, dict[bytes, bytes]]:
-    """The status code (``b""`` for a message) and the header fields of a header block."""
-    lines = block.split(b"\r\n")
-    first = lines[0]
+    """The status code (``b""`` for a message) and the record's fields of a header block."""
+    first_end = block.find(b"\r\n")
+    first = block if first_end < 0 else block[:first_end]
     status = first[9:12] if len(first) > 9 else b""
-    fields: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        if line:
-            key, _, value = line.partition(b":")
-            fields[key] = value.strip()
-    return status, fields
+    return status, dict(_FIELD.findall(block))
 
 
 def _stamp(raw: bytes) -> datetime | None:
@@ -56,6 +58,7 @@ def _record(
 ) -> StoredRecord:
     seq = int(fields[b"Nats-Sequence"])
     subject = fields.get(b"Nats-Subject", b"").decode()
+    stamp = fields.get(b"Nats-Time-Stamp", b"")
     return StoredRecord(
         seq,
         subject,
@@ -63,7 +66,8 @@ def _record(
             message.payload,
             seq=seq,
             subject=subject,
-            stored_at=_stamp(fields.get(b"Nats-Time-Stamp", b"")),
+            # parsed only for a body without its own time (rare): most never need it
+            stored_at=lambda: _stamp(stamp),
             max_size=settings.max_msg_size,
         ),
     )
@@ -82,6 +86,36 @@ async def read_bulk(
 ) -> AsyncGenerator[StoredRecord]:
     """Records in stream order from ``from_seq``; a bounded read (``follow=False``) stops
     at ``until_seq`` or at the end of the log as it is when the read reaches it."""
+    batches = read_bulk_batches(
+        options,
+        settings,
+        from_seq=from_seq,
+        until_seq=until_seq,
+        subject_filter=subject_filter,
+        follow=follow,
+        batch=batch,
+        poll_interval=poll_interval,
+    )
+    async with contextlib.aclosing(batches):
+        async for records in batches:
+            for record in records:
+                yield record
+
+
+async def read_bulk_batches(
+    options: ConnectOptions,
+    settings: StoreSettings,
+    *,
+    from_seq: int = 1,
+    until_seq: int | None = None,
+    subject_filter: str | None = None,
+    follow: bool = False,
+    batch: int = 2000,
+    poll_interval: float = 0.02,
+) -> AsyncGenerator[list[StoredRecord]]:
+    """Like :func:`read_bulk`, in lists of the records that arrived together (never
+    empty): a consumer that works in batches, like the projector, pays the async
+    machinery once per list instead of once per record."""
     next_seq = max(1, from_seq)
     # An inbox of its own: on a shared one, concurrent readers got each other's replies.
     inbox = f"{INBOX}.{uuid.uuid4().hex}"
@@ -93,7 +127,7 @@ async def read_bulk(
                 if connection is None:
                     connection = await _connect(options, inbox)
                 count = 0
-                async for record in _one_batch(
+                async for records in _one_batch(
                     connection,
                     settings,
                     inbox=inbox,
@@ -102,11 +136,14 @@ async def read_bulk(
                     batch=batch,
                     until_seq=until_seq,
                 ):
-                    count += 1
-                    next_seq = record.seq + 1
-                    if until_seq is not None and record.seq > until_seq:
+                    count += len(records)
+                    next_seq = records[-1].seq + 1
+                    if until_seq is not None and records[-1].seq > until_seq:
+                        wanted = [record for record in records if record.seq <= until_seq]
+                        if wanted:
+                            yield wanted
                         return
-                    yield record
+                    yield records
                 failures = 0
             except RawConnectionError as exc:
                 failures += 1
@@ -143,7 +180,7 @@ async def _one_batch(
     subject_filter: str | None,
     batch: int,
     until_seq: int | None,
-) -> AsyncGenerator[StoredRecord]:
+) -> AsyncGenerator[list[StoredRecord]]:
     if until_seq is not None:
         batch = max(1, min(batch, until_seq - from_seq + 1))
     request = {
@@ -155,13 +192,18 @@ async def _one_batch(
         f"$JS.API.DIRECT.GET.{settings.stream}", json.dumps(request).encode(), inbox
     )
     while True:
+        records: list[StoredRecord] = []
         for message in await connection.messages(settings.request_timeout):
             status, fields = _headers(message.headers)
             if status in (STATUS_EOB, STATUS_NOT_FOUND):
+                if records:
+                    yield records
                 return
             if status:
                 raise RawConnectionError(f"direct get answered {message.headers[:80]!r}")
-            yield _record(message, fields, settings)
+            records.append(_record(message, fields, settings))
+        if records:
+            yield records
 
 
-__all__ = ["read_bulk"]
+__all__ = ["read_bulk", "read_bulk_batches"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,10 @@ from eventstore.upcasting import UPCASTERS, UpcasterRegistry, UpcastError
 
 EXCERPT_CHARS = 512
 _ANY_EVENT: TypeAdapter[Event] = TypeAdapter(AnyEvent)
+
+StoredAt = datetime | str | Callable[[], datetime | None] | None
+"""When the server stored a body: a time, the server's RFC 3339 stamp, or a function that
+gives it (a reader in bulk defers the parse: only a body without its own time needs it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +51,7 @@ def decode(
     *,
     seq: int = 0,
     subject: str = "",
-    stored_at: datetime | str | None = None,
+    stored_at: StoredAt = None,
     max_size: int | None = None,
     headers: dict[str, str] | None = None,
     upcasters: UpcasterRegistry = UPCASTERS,
@@ -131,14 +136,14 @@ def _decode_current(body: bytes) -> Event | None:
     return None
 
 
-def _fill_defaults(
-    doc: dict[str, Any], *, seq: int, stored_at: datetime | str | None
-) -> dict[str, Any]:
+def _fill_defaults(doc: dict[str, Any], *, seq: int, stored_at: StoredAt) -> dict[str, Any]:
     if "id" in doc and "time" in doc:
         return doc
     filled = dict(doc)
     if "id" not in filled and seq:
         filled["id"] = f"seq-{seq}"
+    if callable(stored_at):
+        stored_at = stored_at()
     if "time" not in filled and stored_at is not None:
         # A string is the server's RFC 3339 stamp, parsed by pydantic only when needed.
         filled["time"] = stored_at if isinstance(stored_at, str) else stored_at.isoformat()
@@ -157,4 +162,4 @@ def _summarize(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-__all__ = ["Undecodable", "decode", "encode"]
+__all__ = ["StoredAt", "Undecodable", "decode", "encode"]

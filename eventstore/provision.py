@@ -24,6 +24,16 @@ FAST_INGEST_VERSION = (2, 14, 0)
 NANOS = 1_000_000_000
 
 
+def timer_root(settings: StoreSettings) -> str:
+    """Prefix of the subjects that hold durable timers (JetStream message schedules).
+
+    It is a subject space of the same stream (a schedule's target must be in its own
+    stream) but outside ``<root>.>``: every reader filters on ``<root>.>``, so a timer
+    waiting to fire is never read as an event; only the command it fires is.
+    """
+    return f"{settings.root}_timers"
+
+
 @dataclass(frozen=True, slots=True)
 class EnsureReport:
     """What ``ensure`` did: ``created``, ``updated`` (with the changed fields) or ``unchanged``."""
@@ -39,7 +49,7 @@ def desired_stream_config(
     """The stream configuration of DESIGN §3: one limits-retention, file-backed log."""
     config: dict[str, Any] = {
         "name": settings.stream,
-        "subjects": [settings.subjects_wildcard],
+        "subjects": [settings.subjects_wildcard, f"{timer_root(settings)}.>"],
         "retention": "limits",
         "storage": "file",
         "num_replicas": settings.replicas,
@@ -51,6 +61,8 @@ def desired_stream_config(
         "allow_direct": True,
         "allow_atomic": True,
         "allow_msg_ttl": True,
+        # Durable timers of parked runs (runners.timers); message schedules, server 2.12+.
+        "allow_msg_schedules": True,
     }
     if server_version >= FAST_INGEST_VERSION:
         config["allow_batched"] = True
@@ -108,4 +120,10 @@ async def ensure_buckets(js: JetStreamContext, settings: StoreSettings) -> None:
     await js.create_object_store(bucket=settings.object_bucket, replicas=settings.replicas)
 
 
-__all__ = ["EnsureReport", "desired_stream_config", "ensure_buckets", "ensure_stream"]
+__all__ = [
+    "EnsureReport",
+    "desired_stream_config",
+    "ensure_buckets",
+    "ensure_stream",
+    "timer_root",
+]

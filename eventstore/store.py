@@ -21,7 +21,7 @@ from nats.js.errors import NotFoundError
 
 from eventstore.atomic_batch import append_atomic
 from eventstore.blobs import Blobs
-from eventstore.bulk_reader import read_bulk
+from eventstore.bulk_reader import read_bulk, read_bulk_batches
 from eventstore.codec import decode, encode
 from eventstore.connection import ConnectOptions, connect, parse_version
 from eventstore.envelope import Event
@@ -198,22 +198,53 @@ class EventStore:
         was opened with :meth:`open` and its options allow it, else through an ordered
         consumer; both give the same records.
         """
-        if self.connect_options is not None and self.settings.bulk_reads:
-            try:
-                RawConnection(self.connect_options)
-            except RawUnsupported as exc:
-                log.info("bulk reads unavailable (%s); using an ordered consumer", exc)
-            else:
-                return read_bulk(
-                    self.connect_options,
-                    self.settings,
-                    from_seq=from_seq,
-                    until_seq=until_seq,
-                    subject_filter=subject_filter,
-                    follow=follow,
-                )
+        if self.connect_options is not None and self._bulk_reads_work():
+            return read_bulk(
+                self.connect_options,
+                self.settings,
+                from_seq=from_seq,
+                until_seq=until_seq,
+                subject_filter=subject_filter,
+                follow=follow,
+            )
         window = ReadRange(from_seq, until_seq, None, subject_filter, follow=follow)
         return consume(self.js, window, self.settings)
+
+    def record_batches(
+        self,
+        from_seq: int = 1,
+        *,
+        follow: bool = False,
+        until_seq: int | None = None,
+        subject_filter: str | None = None,
+    ) -> AsyncGenerator[list[StoredRecord]]:
+        """:meth:`records` in non-empty lists, for consumers that work in batches.
+
+        A bulk read gives the records that arrived together; the ordered-consumer
+        fallback gives one record per list.
+        """
+        if self.connect_options is not None and self._bulk_reads_work():
+            return read_bulk_batches(
+                self.connect_options,
+                self.settings,
+                from_seq=from_seq,
+                until_seq=until_seq,
+                subject_filter=subject_filter,
+                follow=follow,
+            )
+        window = ReadRange(from_seq, until_seq, None, subject_filter, follow=follow)
+        return _singletons(consume(self.js, window, self.settings))
+
+    def _bulk_reads_work(self) -> bool:
+        """Whether settings and connect options allow a lean connection for bulk reads."""
+        if self.connect_options is None or not self.settings.bulk_reads:
+            return False
+        try:
+            RawConnection(self.connect_options)
+        except RawUnsupported as exc:
+            log.info("bulk reads unavailable (%s); using an ordered consumer", exc)
+            return False
+        return True
 
     async def last_on_subject(self, subject: str) -> Record | None:
         """The last record on ``subject`` by direct get, or ``None`` if there is none."""
@@ -227,6 +258,13 @@ class EventStore:
         """Every record on ``subject`` (wildcards allowed) from ``from_seq`` on, by direct
         gets over the main connection: one round trip per record, no consumer and no
         connection of its own, which suits short per-run reads such as a run's journal."""
+        async for record in self.stored_on_subject(subject, from_seq):
+            yield record.seq, record.item
+
+    async def stored_on_subject(
+        self, subject: str, from_seq: int = 1
+    ) -> AsyncIterator[StoredRecord]:
+        """:meth:`on_subject` with each record's own subject (useful with wildcards)."""
         seq = from_seq
         while True:
             try:
@@ -235,9 +273,9 @@ class EventStore:
                 )
             except NotFoundError:
                 return
-            record = self._decode_raw(raw, subject)
-            yield record
-            seq = record[0] + 1
+            seq, item = self._decode_raw(raw, subject)
+            yield StoredRecord(seq, raw.subject or subject, item)
+            seq += 1
 
     def _decode_raw(self, raw: RawStreamMsg, subject: str) -> Record:
         seq = int(raw.seq or 0)
@@ -276,6 +314,14 @@ async def _without_subjects(records: AsyncGenerator[StoredRecord]) -> AsyncItera
             yield record.seq, record.item
     finally:
         await records.aclose()  # unsubscribes the consumer now, not when collected
+
+
+async def _singletons(
+    records: AsyncGenerator[StoredRecord],
+) -> AsyncGenerator[list[StoredRecord]]:
+    async with contextlib.aclosing(records):
+        async for record in records:
+            yield [record]
 
 
 __all__ = ["BatchMode", "EventStore"]

@@ -122,6 +122,15 @@ def run_end_subject(session_id: str, run_id: str, root: str = DEFAULT_ROOT) -> s
     return _join(root, "data", encode_token(session_id), encode_token(run_id), "end")
 
 
+def run_subjects_filter(session_id: str, run_id: str, root: str = DEFAULT_ROOT) -> str:
+    """Both subjects of one run (``out`` and ``end``) in one filter.
+
+    >>> run_subjects_filter("s1", "r1")
+    'jl.data.s1.r1.*'
+    """
+    return _join(root, "data", encode_token(session_id), encode_token(run_id), "*")
+
+
 def sys_subject(kind: str, root: str = DEFAULT_ROOT) -> str:
     """System events of one kind (``worker``, ``plugins``, ``rejected``).
 
@@ -271,6 +280,7 @@ __all__ = [
     "run_end_subject",
     "run_filter",
     "run_out_subject",
+    "run_subjects_filter",
     "session_filter",
     "sys_subject",
     "validate_root",

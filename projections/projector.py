@@ -29,7 +29,8 @@ class ProjectorSettings:
     batch_wait: float = 0.05
     """Seconds a partial batch waits for more events before it is applied anyway."""
     queue_batches: int = 4
-    """Batches read ahead while the previous one is written."""
+    """Read-ahead while a batch is written: up to ``4 * queue_batches`` lists of records
+    (a list is what one socket read brought, typically a few hundred records)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,15 +101,16 @@ class Projector:
         self, *, follow: bool, until_seq: int | None, stop: asyncio.Event | None
     ) -> None:
         first = max(self.checkpoint + 1, self.start_seq)
-        records = self.store.records(first, follow=follow, until_seq=until_seq)
-        queue: asyncio.Queue[StoredRecord | None] = asyncio.Queue(
-            maxsize=self.settings.batch_size * self.settings.queue_batches
+        source = self.store.record_batches(first, follow=follow, until_seq=until_seq)
+        queue: asyncio.Queue[list[StoredRecord] | None] = asyncio.Queue(
+            maxsize=max(2, self.settings.queue_batches * 4)
         )
-        reader = asyncio.create_task(self._read_into(records, queue))
+        batcher = _Batcher(queue, self.settings)
+        reader = asyncio.create_task(self._read_into(source, queue))
         stopper = asyncio.create_task(stop.wait()) if stop is not None else None
         try:
             while True:
-                batch = await self._next_batch(queue, stopper)
+                batch = await batcher.next(stopper)
                 if batch:
                     await self._apply(batch)
                 if batch is None:
@@ -126,51 +128,18 @@ class Projector:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-            await records.aclose()
+            await source.aclose()
 
     async def _read_into(
-        self, records: AsyncGenerator[StoredRecord], queue: asyncio.Queue[StoredRecord | None]
+        self,
+        source: AsyncGenerator[list[StoredRecord]],
+        queue: asyncio.Queue[list[StoredRecord] | None],
     ) -> None:
         try:
-            async for record in records:
-                await queue.put(record)
+            async for records in source:
+                await queue.put(records)
         finally:
             await queue.put(None)  # end of a bounded read, or the reader failed
-
-    async def _next_batch(
-        self, queue: asyncio.Queue[StoredRecord | None], stopper: asyncio.Task[bool] | None
-    ) -> list[StoredRecord] | None:
-        """Up to ``batch_size`` records; ``None`` once the source has ended."""
-        first_get = asyncio.ensure_future(queue.get())
-        waiters: set[asyncio.Future[Any]] = {first_get}
-        if stopper is not None:
-            waiters.add(stopper)
-        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        if first_get not in done:
-            first_get.cancel()
-            return []
-        first = first_get.result()
-        if first is None:
-            return None
-        batch = [first]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.batch_wait
-        while len(batch) < self.settings.batch_size:
-            try:
-                record = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    record = await asyncio.wait_for(queue.get(), remaining)
-                except TimeoutError:
-                    break
-            if record is None:
-                queue.put_nowait(None)  # let the next call see the end
-                break
-            batch.append(record)
-        return batch
 
     async def _apply(self, batch: list[StoredRecord]) -> None:
         loop = asyncio.get_running_loop()
@@ -186,6 +155,67 @@ class Projector:
             self.on_batch(
                 BatchApplied(batch[0].seq, batch[-1].seq, len(batch), loop.time() - started)
             )
+
+
+class _Batcher:
+    """Cuts the reader's lists into batches of at most ``batch_size`` records, waiting
+    up to ``batch_wait`` for a partial batch to fill."""
+
+    def __init__(
+        self, queue: asyncio.Queue[list[StoredRecord] | None], settings: ProjectorSettings
+    ) -> None:
+        self._queue = queue
+        self._settings = settings
+        self._carry: list[StoredRecord] = []
+        self._ended = False
+
+    async def next(self, stopper: asyncio.Task[bool] | None) -> list[StoredRecord] | None:
+        """The next batch; ``[]`` when ``stopper`` fired first, ``None`` once the source
+        has ended and everything was handed out."""
+        size = self._settings.batch_size
+        batch, self._carry = self._carry[:size], self._carry[size:]
+        if len(batch) >= size:
+            return batch
+        if not batch:
+            if self._ended:
+                return None
+            first = await self._first(stopper)
+            if first is None:
+                return None if self._ended else []
+            batch = first
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.batch_wait
+        while len(batch) < size and not self._ended:
+            try:
+                more = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    more = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if more is None:
+                self._ended = True
+                break
+            batch.extend(more)
+        batch, self._carry = batch[:size], batch[size:]
+        return batch
+
+    async def _first(self, stopper: asyncio.Task[bool] | None) -> list[StoredRecord] | None:
+        getting = asyncio.ensure_future(self._queue.get())
+        waiters: set[asyncio.Future[Any]] = {getting}
+        if stopper is not None:
+            waiters.add(stopper)
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if getting not in done:
+            getting.cancel()
+            return None
+        first = getting.result()
+        if first is None:
+            self._ended = True
+        return first
 
 
 __all__ = ["BatchApplied", "Projector", "ProjectorSettings"]

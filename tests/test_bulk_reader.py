@@ -155,3 +155,28 @@ async def test_a_reset_connection_is_a_raw_connection_error() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_record_batches_give_the_same_records_in_lists(nats_url: str) -> None:
+    async with open_store(nats_url) as store:
+        await store.append_many([delta(i, run_id=f"r{i % 3}") for i in range(4500)])
+        await store.js.publish(f"{store.settings.root}.data.s1.r1.out", b"not json")
+        every = await collect(store)
+
+        async def lists(**kwargs: object) -> list[list[StoredRecord]]:
+            source = store.record_batches(**kwargs)  # type: ignore[arg-type]
+            async with contextlib.aclosing(source) as batches:
+                return [batch async for batch in batches]
+
+        bulk = await lists()
+        assert all(bulk) and len(bulk) > 1  # several reads, none empty
+        assert same([record for batch in bulk for record in batch], every)
+        # a bound inside a list cuts that list, and nothing past it is handed out
+        cut = await lists(from_seq=1000, until_seq=3333)
+        assert same([record for batch in cut for record in batch], every[999:3333])
+        options = store.connect_options
+        store.connect_options = None  # the ordered consumer: one record per list
+        single = await lists(from_seq=4400)
+        store.connect_options = options
+        assert all(len(batch) == 1 for batch in single)
+        assert same([batch[0] for batch in single], every[4399:])

@@ -205,7 +205,9 @@ async def _keep_appending(store: EventStore, stop: asyncio.Event, paused: asynci
             continue
         n += 1
         await store.append_many(run_events(f"s{n % 7}", f"r-flow-{n}", text=f"flowing {n} " * 3))
-        await asyncio.sleep(0.005)
+        # A run every ~30 ms keeps batches flowing at every kill; faster, each round's
+        # verify (a rebuild from sequence 1) made this test quadratic in minutes.
+        await asyncio.sleep(0.03)
     return n
 
 
