@@ -139,6 +139,13 @@ async def resp_target(resp_endpoint: Target) -> AsyncIterator[Target]:
         await _delete_prefix(resp_endpoint)
 
 
+def _frame(args: tuple[object, ...]) -> bytes:
+    words = [arg if isinstance(arg, bytes) else str(arg).encode() for arg in args]
+    return b"*%d\r\n" % len(words) + b"".join(
+        b"$%d\r\n%b\r\n" % (len(word), word) for word in words
+    )
+
+
 class RawClient:
     """A minimal RESP client that shows replies as sent: ``"+OK"`` for a simple string,
     ``"-ERR ..."`` for an error, ``str`` (or ``bytes`` if not UTF-8) for a bulk string,
@@ -158,13 +165,15 @@ class RawClient:
         return client
 
     async def call(self, *args: object) -> Any:
-        words = [arg if isinstance(arg, bytes) else str(arg).encode() for arg in args]
-        frame = b"*%d\r\n" % len(words) + b"".join(
-            b"$%d\r\n%b\r\n" % (len(word), word) for word in words
-        )
-        self._writer.write(frame)
+        self._writer.write(_frame(args))
         await self._writer.drain()
         return await asyncio.wait_for(self._reply(), RAW_REPLY_TIMEOUT)
+
+    async def pipeline(self, *commands: tuple[object, ...]) -> list[Any]:
+        """Send every command in one write, then read one reply per command."""
+        self._writer.write(b"".join(_frame(command) for command in commands))
+        await self._writer.drain()
+        return [await asyncio.wait_for(self._reply(), RAW_REPLY_TIMEOUT) for _ in commands]
 
     async def _reply(self) -> Any:
         line = (await self._reader.readuntil(b"\r\n"))[:-2]

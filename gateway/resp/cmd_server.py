@@ -26,6 +26,10 @@ async def info(conn: Connection, args: list[bytes]) -> Reply:
         lines += _server_section(conn)
     if "clients" in wanted:
         lines += ["# Clients", f"connected_clients:{len(conn.server.connections)}", ""]
+    if "stats" in wanted:
+        lines += _stats_section(conn)
+    if "commandstats" in wanted:
+        lines += _commandstats_section(conn)
     if "keyspace" in wanted:
         lines += await _keyspace_section(conn)
     return "\r\n".join(lines).encode()
@@ -49,6 +53,37 @@ def _server_section(conn: Connection) -> list[str]:
         f"jetstream_stream:{server.store.settings.stream}",
         "",
     ]
+
+
+def _stats_section(conn: Connection) -> list[str]:
+    server = conn.server
+    keyspace = server.keyspace
+    return [
+        "# Stats",
+        f"total_connections_received:{server.total_connections}",
+        f"total_commands_processed:{server.total_commands}",
+        f"keyspace_hits:{keyspace.cache.hits}",
+        f"keyspace_misses:{keyspace.cache.misses}",
+        # What each command costs in round trips to JetStream (the cache saves reads,
+        # queued changes of one key share a write).
+        f"jetledger_kv_reads:{keyspace.kv.reads}",
+        f"jetledger_kv_writes:{keyspace.kv.writes}",
+        f"jetledger_stream_appends:{server.streams.appends}",
+        "",
+    ]
+
+
+def _commandstats_section(conn: Connection) -> list[str]:
+    stats = conn.server.command_stats
+    lines = ["# Commandstats"]
+    for name in sorted(stats.calls):
+        calls, usec = stats.calls[name], stats.seconds[name] * 1e6
+        lines.append(
+            f"cmdstat_{name.lower()}:calls={calls},usec={int(usec)},"
+            f"usec_per_call={usec / calls:.2f},rejected_calls=0,failed_calls=0"
+        )
+    lines.append("")
+    return lines
 
 
 async def _keyspace_section(conn: Connection) -> list[str]:

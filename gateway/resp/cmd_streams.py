@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.resp import stream_group_cmds, stream_info_cmds
+from gateway.resp.byframework_events import Fields
 from gateway.resp.registry import command
-from gateway.resp.replies import NULL_ARRAY, SYNTAX_ERROR, CommandError, Reply, wrong_args
+from gateway.resp.replies import (
+    NULL_ARRAY,
+    SYNTAX_ERROR,
+    CommandError,
+    ErrorReply,
+    Reply,
+    wrong_args,
+)
 from gateway.resp.stream_args import (
     EXPLICIT_ID,
     MAX_READ_BATCH,
@@ -48,8 +57,14 @@ REGISTERED_WITH_THIS_MODULE = (stream_group_cmds, stream_info_cmds)
 # -- XADD / XLEN / XRANGE -------------------------------------------------------------
 
 
-@command("XADD", -5, write=True)
-async def xadd(conn: Connection, args: list[bytes]) -> Reply:
+@dataclass(frozen=True, slots=True)
+class XaddRequest:
+    key: bytes
+    nomkstream: bool
+    fields: Fields
+
+
+def parse_xadd(args: list[bytes]) -> XaddRequest:
     key, rest = args[0], args[1:]
     nomkstream = False
     while rest and rest[0].upper() in (b"NOMKSTREAM", b"MAXLEN", b"MINID", b"LIMIT"):
@@ -74,12 +89,47 @@ async def xadd(conn: Connection, args: list[bytes]) -> Reply:
     pairs = rest[1:]
     if not pairs or len(pairs) % 2:
         raise wrong_args("xadd")
-    await check_type(conn, key)
+    return XaddRequest(key, nomkstream, list(zip(pairs[::2], pairs[1::2], strict=True)))
+
+
+@command("XADD", -5, write=True)
+async def xadd(conn: Connection, args: list[bytes]) -> Reply:
+    request = parse_xadd(args)
+    await check_type(conn, request.key)
     streams = streams_of(conn)
-    if nomkstream and not await streams.exists(key):
+    if request.nomkstream and not await streams.exists(request.key):
         return None
-    fields = list(zip(pairs[::2], pairs[1::2], strict=True))
-    return entry_id(await streams.add(key, fields))
+    return entry_id(await streams.add(request.key, request.fields))
+
+
+async def xadd_pipelined(conn: Connection, commands: list[list[bytes]]) -> list[Reply]:
+    """Consecutive XADD commands a client pipelined, appended together (one reply each,
+    in order; a refused one gets its own error and the others go on)."""
+    streams = streams_of(conn)
+    replies: list[Reply] = []
+    accepted: list[tuple[int, XaddRequest]] = []
+    for args in commands:
+        try:
+            request = parse_xadd(args)
+            await check_type(conn, request.key)
+            # An earlier XADD of this pipeline creates the key before this one is stored.
+            if request.nomkstream and not (
+                await streams.exists(request.key)
+                or any(earlier.key == request.key for _, earlier in accepted)
+            ):
+                replies.append(None)
+                continue
+        except CommandError as error:
+            replies.append(ErrorReply(error.message))
+            continue
+        accepted.append((len(replies), request))
+        replies.append(None)
+    outcomes = await streams.add_many([(request.key, request.fields) for _, request in accepted])
+    for (index, _), outcome in zip(accepted, outcomes, strict=True):
+        replies[index] = (
+            ErrorReply(outcome.message) if isinstance(outcome, CommandError) else entry_id(outcome)
+        )
+    return replies
 
 
 @command("XLEN", 2)

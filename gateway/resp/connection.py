@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from nats.errors import Error as NatsError
 
 from eventstore.errors import EventStoreError
+from gateway.resp.cmd_streams import xadd_pipelined
 from gateway.resp.protocol import ParserLimits, ProtocolError, RequestParser, encode
 from gateway.resp.registry import COMMANDS, CommandSpec
 from gateway.resp.replies import CommandError, ErrorReply, Reply, SimpleString, wrong_args
@@ -31,6 +33,7 @@ QUEUED = SimpleString("QUEUED")
 NOAUTH = "NOAUTH Authentication required."
 # Commands a client may send before AUTH (Redis lets these through too).
 NO_AUTH_NEEDED = frozenset({"AUTH", "HELLO", "QUIT"})
+XADD_MIN_WORDS = 5
 
 
 @dataclass(slots=True)
@@ -82,6 +85,9 @@ class Connection:
             )
         )
         self._parser.authenticated = self.authenticated
+        self._carried: list[bytes] | None = None
+        """A command read while gathering pipelined XADDs, run next."""
+        self._carried_error: ProtocolError | None = None
 
     @property
     def in_transaction(self) -> bool:
@@ -146,7 +152,7 @@ class Connection:
     async def _command_loop(self) -> None:
         while not self.closed.is_set():
             try:
-                words = self._parser.next_command()
+                words = self._next_command()
             except ProtocolError as exc:
                 self._write(ErrorReply(f"ERR {exc.message}"))
                 return
@@ -161,17 +167,72 @@ class Connection:
                 self._starved = False
                 continue
             self._progress.set()
-            reply = await self.execute(words)
-            self._write(reply)
+            if self._pipelined_append(words):
+                replies = await self._append_pipeline(words)
+            else:
+                replies = [await self.execute(words)]
+            self._write_all(replies)
             if self._output_over_limit():
                 self._writer.transport.abort()
                 return
             if self.close_after_reply:
                 return
 
+    def _next_command(self) -> list[bytes] | None:
+        if self._carried is not None:
+            words, self._carried = self._carried, None
+            return words
+        if self._carried_error is not None:
+            error, self._carried_error = self._carried_error, None
+            raise error
+        return self._parser.next_command()
+
+    def _pipelined_append(self, words: list[bytes]) -> bool:
+        """An XADD that may be appended together with the XADDs pipelined after it."""
+        return (
+            self.authenticated
+            and self.transaction is None
+            and len(words) >= XADD_MIN_WORDS
+            and words[0].upper() == b"XADD"
+        )
+
+    async def _append_pipeline(self, first: list[bytes]) -> list[Reply]:
+        """Take the XADDs already buffered after ``first`` and append them all at once."""
+        batch = [first]
+        while len(batch) < self.server.settings.max_pipelined_appends:
+            try:
+                words = self._parser.next_command()
+            except ProtocolError as exc:
+                self._carried_error = exc  # answered after the XADDs before it
+                break
+            if words is None:
+                break
+            if not self._pipelined_append(words):
+                self._carried = words
+                break
+            batch.append(words)
+        if len(batch) == 1:
+            return [await self.execute(first)]
+        self.server.total_commands += len(batch)
+        started = time.perf_counter()
+        try:
+            return await xadd_pipelined(self, [words[1:] for words in batch])
+        except (NatsError, EventStoreError, TimeoutError) as exc:
+            log.warning("pipelined XADD from %s: JetStream unavailable: %r", self.peer, exc)
+            return [unavailable(exc)] * len(batch)
+        finally:
+            elapsed = (time.perf_counter() - started) / len(batch)
+            for _ in batch:
+                self.server.command_stats.record("XADD", elapsed)
+
     def _write(self, reply: Reply) -> None:
         if not self._writer.is_closing():
             self._writer.write(encode(reply, self.protocol))
+
+    def _write_all(self, replies: list[Reply]) -> None:
+        # One write (one send) for a pipeline's replies, not one per reply.
+        if not self._writer.is_closing():
+            self._writer.write(b"".join([encode(reply, self.protocol) for reply in replies]))
 
     def _output_over_limit(self) -> bool:
         size = self._writer.transport.get_write_buffer_size()
@@ -188,6 +249,7 @@ class Connection:
         """Run one command (or queue it inside MULTI) and return its reply."""
         name = words[0].decode("utf-8", "replace").upper()
         spec = COMMANDS.get(name)
+        self.server.total_commands += 1
         refusal = self._refusal(name, spec, words)
         if refusal is not None:
             if self.transaction is not None:
@@ -196,7 +258,11 @@ class Connection:
         assert spec is not None
         if self.transaction is not None and not spec.no_transaction:
             return self._queue(self.transaction, spec, words)
-        return await self.run(spec, words[1:])
+        started = time.perf_counter()
+        try:
+            return await self.run(spec, words[1:])
+        finally:
+            self.server.command_stats.record(spec.name, time.perf_counter() - started)
 
     def _queue(self, transaction: Transaction, spec: CommandSpec, words: list[bytes]) -> Reply:
         settings = self.server.settings
@@ -236,12 +302,16 @@ class Connection:
             log.warning(
                 "RESP command %s from %s: JetStream unavailable: %r", spec.name, self.peer, exc
             )
-            return ErrorReply(
-                f"ERR jetledger redis: JetStream unavailable ({type(exc).__name__}); try again"
-            )
+            return unavailable(exc)
         except Exception:  # the connection must outlive any handler bug
             log.exception("RESP command %s from %s failed", spec.name, self.peer)
             return ErrorReply(f"ERR internal error in {spec.name.lower()}; see the adapter log")
+
+
+def unavailable(exc: BaseException) -> ErrorReply:
+    return ErrorReply(
+        f"ERR jetledger redis: JetStream unavailable ({type(exc).__name__}); try again"
+    )
 
 
 def unknown_command(words: list[bytes]) -> str:
@@ -255,4 +325,4 @@ def unknown_command(words: list[bytes]) -> str:
     return f"ERR unknown command '{name}', with args beginning with: {args}"
 
 
-__all__ = ["Connection", "Transaction", "unknown_command"]
+__all__ = ["Connection", "Transaction", "unavailable", "unknown_command"]

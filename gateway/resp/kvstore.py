@@ -37,8 +37,20 @@ class KVRecord:
 class KVStore:
     """One KV bucket (stream ``KV_<bucket>``) with revision-checked writes."""
 
-    def __init__(self, nc: NatsClient, bucket: str, *, timeout: float, replicas: int) -> None:
+    def __init__(
+        self,
+        nc: NatsClient,
+        bucket: str,
+        *,
+        timeout: float,
+        replicas: int,
+        writer_headers: dict[str, str] | None = None,
+    ) -> None:
         self._nc = nc
+        self._writer_headers = writer_headers or {}
+        self.reads = 0
+        """Round trips to the server, for ``INFO stats`` (what the cache saves)."""
+        self.writes = 0
         self._js = nc.jetstream(timeout=timeout)
         self._timeout = timeout
         self.bucket = bucket
@@ -53,6 +65,7 @@ class KVStore:
         )
 
     async def get(self, key: str) -> KVRecord | None:
+        self.reads += 1
         try:
             msg = await self._js.get_msg(self.stream, subject=self._prefix + key, direct=True)
         except NotFoundError:
@@ -74,7 +87,11 @@ class KVStore:
 
         ``ttl_seconds`` lets the server drop the message on its own after expiry, so
         expired keys do not pile up even if nobody reads them again."""
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(expected_revision)}
+        headers = {
+            **self._writer_headers,
+            "Nats-Expected-Last-Subject-Sequence": str(expected_revision),
+        }
+        self.writes += 1
         ttl = None if ttl_seconds is None else max(1, math.ceil(ttl_seconds))
         try:
             ack = await self._js.publish(self._prefix + key, body, headers=headers, msg_ttl=ttl)
@@ -86,7 +103,9 @@ class KVStore:
 
     async def delete(self, key: str, expected_revision: int, marker_ttl: int) -> int:
         """Replace the key by a purge marker that itself disappears after ``marker_ttl`` s."""
+        self.writes += 1
         headers = {
+            **self._writer_headers,
             KV_OPERATION: "PURGE",
             "Nats-Rollup": "sub",
             "Nats-Expected-Last-Subject-Sequence": str(expected_revision),
@@ -120,14 +139,18 @@ class KVStore:
             if not subjects or offset >= total:
                 return keys
 
-    async def purge_all(self, prefix: str) -> None:
-        """Remove every key below ``prefix`` at once (FLUSHDB)."""
+    async def purge_all(self, prefix: str, notify_subject: str | None = None) -> None:
+        """Remove every key below ``prefix`` at once (FLUSHDB); a purge is no publish on
+        the keys' subjects, so caches learn of it from a message on ``notify_subject``."""
         await api_request(
             self._nc,
             f"$JS.API.STREAM.PURGE.{self.stream}",
             {"filter": f"{self._prefix}{prefix}>"},
             timeout=self._timeout,
         )
+        if notify_subject is not None:
+            await self._nc.publish(notify_subject, prefix.encode())
+            await self._nc.flush(max(1, math.ceil(self._timeout)))
 
 
 __all__ = ["KVRecord", "KVStore", "RevisionConflict"]

@@ -42,6 +42,18 @@ COMMAND_MODULES = (
 MAX_CLIENTS_REACHED = "ERR max number of clients reached"
 
 
+class CommandStats:
+    """Calls and time per command (``INFO commandstats``); EXEC counts its queue."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+
+    def record(self, name: str, seconds: float) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+
 class RespServerError(Exception):
     """The adapter could not start (port taken, NATS unreachable...)."""
 
@@ -74,6 +86,7 @@ class RespServer:
         self.keyspace: Keyspace
         self.total_connections = 0
         self.total_commands = 0
+        self.command_stats = CommandStats()
 
     async def start(self) -> None:
         """Load commands, start the stream space and the keyspace, then listen."""
@@ -150,8 +163,10 @@ class RespServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._server.wait_closed()
             self._server = None
+        if hasattr(self, "keyspace"):
+            await self.keyspace.close()
         if hasattr(self, "streams"):
             await self.streams.close()
 
 
-__all__ = ["COMMAND_MODULES", "RespServer", "RespServerError", "load_commands"]
+__all__ = ["COMMAND_MODULES", "CommandStats", "RespServer", "RespServerError", "load_commands"]

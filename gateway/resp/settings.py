@@ -53,6 +53,10 @@ class RespSettings:
     max_queued_bytes: int = 64 * 1024 * 1024
     """Bytes of arguments queued in one MULTI; more abort the transaction."""
 
+    max_pipelined_appends: int = 1000
+    """Consecutive pipelined XADD commands appended together (published before any
+    acknowledgement is awaited); more are taken in the next group."""
+
     databases: int = 16
     """Number of logical databases ``SELECT`` accepts (Redis ``databases``)."""
 
@@ -63,11 +67,20 @@ class RespSettings:
     """Replicas of the KV bucket (3 on a cluster)."""
 
     cas_retries: int = 50
-    """Attempts of one read-modify-write before answering an error under contention."""
+    """Attempts of one batch of changes to a key before answering an error: only writes
+    through other adapters can make an attempt fail (this adapter queues its own)."""
 
-    write_cache_size: int = 10_000
-    """Keys whose last written revision this adapter remembers, to save a read before
-    the next change (the write is still revision-checked by the server)."""
+    cas_backoff: float = 0.002
+    """Seconds; after the n-th failed attempt a batch waits a random 0..n times this."""
+
+    kv_cache_size: int = 10_000
+    """Keys whose last known value this adapter keeps; a watch on the bucket drops a key
+    that another adapter writes (writes are revision-checked by the server anyway)."""
+
+    kv_cache_sync: bool = False
+    """Make every cached read wait for a PING round trip to NATS first, so a write that
+    another adapter had acknowledged is never missed (costs a round trip per read; not
+    needed with a single adapter per bucket)."""
 
     tombstone_ttl_seconds: int = 1
     """How long a delete marker stays in the KV stream (it only guards compare-and-set)."""

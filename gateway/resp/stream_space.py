@@ -30,7 +30,9 @@ from eventstore.codec import encode
 from eventstore.errors import EventStoreError
 from eventstore.jsapi import api_request
 from eventstore.publish import MSG_ID, Outgoing, parse_pub_ack
+from eventstore.reply_inbox import ReplyInbox
 from eventstore.store import EventStore
+from eventstore.wire import Frame, publish_frames
 from gateway.resp.byframework_events import FIELDS_HEADER, Fields, encode_fields, entry_event
 from gateway.resp.replies import CommandError
 from gateway.resp.stream_groups import ConsumerGroup
@@ -39,6 +41,7 @@ from gateway.resp.stream_reads import Entry, read_backwards, read_entries
 
 log = logging.getLogger(__name__)
 
+TARGET_CACHE_SIZE = 10_000
 BUSYGROUP = "BUSYGROUP Consumer Group name already exists"
 
 
@@ -99,6 +102,16 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _acknowledged(outgoing: Outgoing, data: bytes) -> int:
+    """The sequence a publish acknowledgement gives, or the refusal as an ``ERR``."""
+    try:
+        result = parse_pub_ack(outgoing, data, None)
+    except EventStoreError as error:
+        raise CommandError(f"ERR the log refused the entry: {error}") from None
+    assert result.seq is not None
+    return result.seq
+
+
 def durable_name(identity: str, group: bytes) -> str:
     """A valid, collision-free durable name; the mapping itself is kept in the meta."""
     return "redis_" + hashlib.sha256(identity.encode() + b"\0" + group).hexdigest()[:40]
@@ -118,6 +131,9 @@ class StreamSpace:
         self._groups: dict[tuple[str, bytes], ConsumerGroup] = {}
         self._kv: Any = None
         self._keep_alive: asyncio.Task[None] | None = None
+        self.appends = 0
+        self._targets: dict[bytes, StreamTarget] = {}
+        """Entries appended through this adapter (``INFO stats``)."""
 
     async def start(self) -> None:
         self._kv = await self.store.js.create_key_value(
@@ -150,7 +166,14 @@ class StreamSpace:
     # -- keys --------------------------------------------------------------------
 
     def target(self, key: bytes) -> StreamTarget:
-        return target_for(key, self.root)
+        # Every stream command maps its key several times; mapping is pure but not cheap.
+        target = self._targets.get(key)
+        if target is None:
+            target = target_for(key, self.root)
+            if len(self._targets) >= TARGET_CACHE_SIZE:
+                self._targets.clear()
+            self._targets[key] = target
+        return target
 
     def identity(self, key: bytes) -> str:
         """What names a stream: its subject filter (shared by a key's v1 and v2 spellings)."""
@@ -197,23 +220,74 @@ class StreamSpace:
 
     # -- entries -----------------------------------------------------------------
 
-    async def add(self, key: bytes, fields: Fields) -> int:
-        """``XADD key * ...``: append one event; returns its stream sequence."""
+    def _prepared(self, key: bytes, fields: Fields) -> tuple[Outgoing, dict[str, str]]:
         target = self.target(key)
         event = entry_event(target, fields)
-        subject = target.subject_for(event.run_id)
-        outgoing = Outgoing(event.id, subject, encode(event))
-        headers = {MSG_ID: event.id, FIELDS_HEADER: encode_fields(fields)}
+        outgoing = Outgoing(event.id, target.subject_for(event.run_id), encode(event))
+        return outgoing, {MSG_ID: event.id, FIELDS_HEADER: encode_fields(fields)}
+
+    async def add(self, key: bytes, fields: Fields) -> int:
+        """``XADD key * ...``: append one event; returns its stream sequence."""
+        outgoing, headers = self._prepared(key, fields)
+        self.appends += 1
         reply = await self.nc.request(
-            subject, outgoing.body, timeout=self.settings.request_timeout, headers=headers
+            outgoing.subject, outgoing.body, timeout=self.settings.request_timeout, headers=headers
         )
-        try:
-            result = parse_pub_ack(outgoing, reply.data, None)
-        except EventStoreError as error:
-            raise CommandError(f"ERR the log refused the entry: {error}") from None
+        seq = _acknowledged(outgoing, reply.data)
         await self._mark_exists(self.meta(key))
-        assert result.seq is not None
-        return result.seq
+        return seq
+
+    async def add_many(self, entries: list[tuple[bytes, Fields]]) -> list[int | CommandError]:
+        """Pipelined XADD commands: every entry is published before any acknowledgement is
+        awaited, in order on one connection, so sequences (ids) follow the order of
+        ``entries``. One result each: the sequence, or the error of that entry alone."""
+        results: list[int | CommandError] = []
+        frames: list[Frame] = []
+        sent: dict[int, Outgoing] = {}
+        acks: dict[int, bytes] = {}
+        complete = asyncio.Event()
+
+        def on_ack(tail: str, data: bytes) -> None:
+            acks[int(tail)] = data
+            if len(acks) >= len(sent):
+                complete.set()
+
+        async with ReplyInbox(self.nc, on_ack) as inbox:
+            for index, (key, fields) in enumerate(entries):
+                try:
+                    outgoing, headers = self._prepared(key, fields)
+                except CommandError as error:
+                    results.append(error)
+                    continue
+                results.append(0)
+                sent[index] = outgoing
+                reply_to = inbox.reply_subject(str(index))
+                header_pairs = tuple(headers.items())
+                frames.append(Frame(outgoing.subject, outgoing.body, header_pairs, reply_to))
+            self.appends += len(frames)
+            await publish_frames(self.nc, frames)
+            if sent:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(complete.wait(), self.settings.request_timeout)
+        for index, outgoing in sent.items():
+            data = acks.get(index)
+            try:
+                if data is None:
+                    # No answer in time: publish again; the same Nats-Msg-Id makes a
+                    # second copy impossible if the first one was stored after all.
+                    results[index] = await self.add(*entries[index])
+                    continue
+                results[index] = _acknowledged(outgoing, data)
+            except CommandError as error:
+                results[index] = error
+            except (NatsError, TimeoutError) as exc:
+                results[index] = CommandError(
+                    f"ERR jetledger redis: JetStream unavailable ({type(exc).__name__}); try again"
+                )
+        for index in sent:
+            if isinstance(results[index], int):
+                await self._mark_exists(self.meta(entries[index][0]))
+        return results
 
     async def length(self, key: bytes) -> int:
         meta = self._metas.get(self.identity(key))

@@ -183,6 +183,7 @@ def run_side(port: int, plan: argparse.Namespace, work: Path) -> dict[str, float
 async def main_async(plan: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory(prefix="resp-bench-") as scratch:
         root = Path(plan.work_dir) if plan.work_dir else Path(scratch)
+        root.mkdir(parents=True, exist_ok=True)
         with redis_server(root) as port:
             theirs = run_side(port, plan, root / "redis")
         async with EmbeddedNatsServer(store_dir=root / "nats") as nats:
