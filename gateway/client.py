@@ -268,10 +268,13 @@ class GatewayClient:
     async def cancel_session(
         self, session_id: str, *, mode: CancelMode = "graceful", reason: str = ""
     ) -> list[str]:
-        """Cancel every live run of ``session_id`` (each with its subtree); returns the
-        ids of the runs cancelled. Runs still queued and never started are not found."""
+        """Cancel every live run of ``session_id`` (each with its subtree), whether it
+        runs, waits or is still queued for a worker; returns the ids of the runs
+        cancelled. Queued runs are found by reading the log's commands (see
+        :func:`~gateway.run_control.live_runs`); a queued ``command.steer`` is not
+        cancelled (it may still join a run rather than start one)."""
         cancelled: list[str] = []
-        for location in await live_runs(self.store, session_id):
+        for location in await live_runs(self.store, session_id, include_queued=True):
             if location.run_id in cancelled:
                 continue  # ended already as part of an earlier run's subtree
             outcome = await self.cancel(

@@ -13,13 +13,19 @@ from dataclasses import dataclass
 
 from pydantic import JsonValue
 
-from eventstore.catalog import CommandResume, CommandResumeData, RunAskedUser
+from eventstore.catalog import (
+    CommandAsk,
+    CommandResume,
+    CommandResumeData,
+    RunAskedUser,
+    RunResumed,
+)
 from eventstore.catalog_common import Content
 from eventstore.codec import Undecodable
 from eventstore.envelope import Event
 from eventstore.routing import TERMINAL_TYPES
 from eventstore.store import EventStore
-from eventstore.subjects import encode_token, session_filter
+from eventstore.subjects import ctrl_filter, encode_token, session_filter
 from gateway.errors import RunNotFoundError, RunNotWaitingError
 
 
@@ -81,6 +87,10 @@ def resume_for_reply(
         status = location.terminal.type.removeprefix("run.")
         raise RunNotWaitingError(f"run {run_id!r} has ended ({status}); it takes no reply")
     question = location.last_output
+    if isinstance(question, RunResumed) and question.data.kind == "timeout":
+        timed_out = question.data.question_id
+        if timed_out is not None:
+            raise RunNotWaitingError(f"run {run_id!r}: question {timed_out!r} timed out")
     if not isinstance(question, RunAskedUser):
         doing = "nothing yet" if question is None else question.type
         raise RunNotWaitingError(
@@ -101,10 +111,20 @@ def resume_for_reply(
     )
 
 
-async def live_runs(store: EventStore, session_id: str) -> list[RunLocation]:
-    """Runs of ``session_id`` that have started and not ended, in order of first event."""
+async def live_runs(
+    store: EventStore, session_id: str, *, include_queued: bool = False
+) -> list[RunLocation]:
+    """Runs of ``session_id`` that have started and not ended, in order of first event;
+    with ``include_queued``, also runs whose ``command.ask`` waits for a worker.
+
+    Started runs are found on the session's ``data`` subjects. A queued run has written
+    nothing there, and command subjects do not name sessions, so finding queued runs
+    reads every command in the log (``<root>.ctrl.>``), one pass, in bulk: cheap next to
+    the log's output events, but it grows with the number of commands kept."""
     seen: dict[str, str | None] = {}
     ended: set[str] = set()
+    if include_queued:
+        await _asked_runs(store, session_id, seen)
     records = store.records(1, subject_filter=session_filter(session_id, store.settings.root))
     async with contextlib.aclosing(records):
         async for record in records:
@@ -119,6 +139,17 @@ async def live_runs(store: EventStore, session_id: str) -> list[RunLocation]:
         for run_id, agent_type in seen.items()
         if run_id not in ended
     ]
+
+
+async def _asked_runs(store: EventStore, session_id: str, seen: dict[str, str | None]) -> None:
+    """Add every run a ``command.ask`` of ``session_id`` asked for (started or not)."""
+    records = store.records(1, subject_filter=ctrl_filter(store.settings.root))
+    async with contextlib.aclosing(records):
+        async for record in records:
+            event = record.item
+            if isinstance(event, CommandAsk) and event.session_id == session_id:
+                # A foreign publisher may omit run_id; workers derive it the same way.
+                seen.setdefault(event.run_id or f"run-{event.id}", event.agent_type)
 
 
 __all__ = [

@@ -3,7 +3,7 @@ the runtime that runs them as durable-consumer groups on JetStream."""
 
 from runners.app import run_worker
 from runners.context import AgentContext, ToolCallReplayError
-from runners.orchestration import CalledAgent, GroupTask, OrchestrationError
+from runners.orchestration import AskTimeout, CalledAgent, GroupTask, OrchestrationError
 from runners.outcomes import AgentReply, MemberResult
 from runners.registry import ActiveWorker, DuplicateWorkerError, LeaseLostError
 from runners.settings import WorkerSettings
@@ -13,6 +13,7 @@ __all__ = [
     "ActiveWorker",
     "AgentContext",
     "AgentReply",
+    "AskTimeout",
     "CalledAgent",
     "Command",
     "DuplicateWorkerError",

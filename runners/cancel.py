@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from eventstore.catalog import CancelMode, RunCancelled, RunCancelledData
 from eventstore.errors import ConcurrencyError
 from eventstore.store import EventStore
-from runners.journal import Journal, load_journal, terminal_of
-from runners.wakeup import command_at, notify_parent
+from runners.journal import Journal, load_journal, load_run, terminal_of
+from runners.wakeup import notify_parent, started_by
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,45 @@ class CancelReport:
     already_ended: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """Envelope fields of a child as its parent's journal knows them: what a child that
+    never started (so has no ``run.started`` to copy from) carries in its ``run.cancelled``,
+    so that readers (the tree of a root, a group's members) still find it."""
+
+    agent_type: str | None = None
+    parent_run_id: str | None = None
+    root_run_id: str | None = None
+    group_id: str | None = None
+    user_code: str | None = None
+    trace_id: str | None = None
+
+
 def children_of(journal: Journal) -> list[str]:
     """Every child run a run dispatched, in dispatch order."""
-    children = [called.data.child_run_id for _step, called in sorted(journal.called.items())]
+    return list(lineage_of_children(journal))
+
+
+def lineage_of_children(journal: Journal) -> dict[str, Lineage]:
+    """Every child run a run dispatched (in dispatch order) with its lineage."""
+    start = journal.first_start
+    root = (start.root_run_id if start else None) or journal.run_id
+    common = {
+        "parent_run_id": journal.run_id,
+        "root_run_id": root,
+        "user_code": start.user_code if start else None,
+        "trace_id": start.trace_id if start else None,
+    }
+    children: dict[str, Lineage] = {}
+    for _step, called in sorted(journal.called.items()):
+        children[called.data.child_run_id] = Lineage(
+            agent_type=called.data.target_agent_type, **common
+        )
     for _step, group in sorted(journal.groups.items()):
-        children.extend(member.run_id for member in group.data.members)
+        for member in group.data.members:
+            children[member.run_id] = Lineage(
+                agent_type=member.agent_type, group_id=group.group_id, **common
+            )
     return children
 
 
@@ -54,10 +88,10 @@ async def cancel_tree(
 ) -> CancelReport:
     """Cancel ``run_id`` and every descendant (children share their parent's session)."""
     report = CancelReport()
-    queue = [run_id]
+    queue: list[tuple[str, Lineage]] = [(run_id, Lineage())]
     seen: set[str] = set()
     while queue and len(seen) < MAX_TREE_SIZE:
-        current = queue.pop(0)
+        current, lineage = queue.pop(0)
         if current in seen:
             continue
         seen.add(current)
@@ -67,6 +101,7 @@ async def cancel_tree(
             session_id,
             current,
             journal,
+            lineage,
             mode=mode,
             reason=reason,
             requested_by=requested_by,
@@ -76,7 +111,7 @@ async def cancel_tree(
             report.cancelled.append(current)
         else:
             report.already_ended.append(current)
-        queue.extend(children_of(journal))
+        queue.extend(lineage_of_children(journal).items())
     return report
 
 
@@ -107,10 +142,8 @@ async def cancel_run(
 
 
 async def _wake_parent(store: EventStore, session_id: str, run_id: str) -> None:
-    journal = await load_journal(store, session_id, run_id)
-    first = journal.first_start
-    ask = None if first is None else await command_at(store, first.data.command_seq or 0)
-    terminal = await terminal_of(store, session_id, run_id)
+    terminal, journal = await load_run(store, session_id, run_id)
+    ask = await started_by(store, journal)
     if ask is not None and ask.data.reply_to is not None and terminal is not None:
         await notify_parent(store, ask.data.reply_to, run_id, terminal)
 
@@ -120,6 +153,7 @@ async def _cancel_one(
     session_id: str,
     run_id: str,
     journal: Journal,
+    lineage: Lineage,
     *,
     mode: CancelMode,
     reason: str | None,
@@ -127,16 +161,17 @@ async def _cancel_one(
     causation_id: str | None,
 ) -> bool:
     start = journal.first_start
+    known = start or lineage  # a child that never started: what its parent recorded
     terminal = RunCancelled(
         id=f"{run_id}:cancelled",
         session_id=session_id,
         run_id=run_id,
-        agent_type=start.agent_type if start else None,
-        parent_run_id=start.parent_run_id if start else None,
-        root_run_id=start.root_run_id if start else None,
-        group_id=start.group_id if start else None,
-        user_code=start.user_code if start else None,
-        trace_id=start.trace_id if start else None,
+        agent_type=known.agent_type,
+        parent_run_id=known.parent_run_id,
+        root_run_id=known.root_run_id,
+        group_id=known.group_id,
+        user_code=known.user_code,
+        trace_id=known.trace_id,
         causation_id=causation_id,
         data=RunCancelledData(reason=reason, requested_by=requested_by, mode=mode),
     )
@@ -156,4 +191,11 @@ async def _cancel_one(
     return True
 
 
-__all__ = ["CancelReport", "cancel_run", "cancel_tree", "children_of"]
+__all__ = [
+    "CancelReport",
+    "Lineage",
+    "cancel_run",
+    "cancel_tree",
+    "children_of",
+    "lineage_of_children",
+]

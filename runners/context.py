@@ -36,6 +36,7 @@ from eventstore.subjects import encode_token
 from runners.journal import Journal
 from runners.orchestration import CalledAgent, GroupTask, Steps
 from runners.outcomes import AgentReply, MemberResult
+from runners.plugins import HookName, PluginHost
 from runners.registry import ActiveWorker, get_active_workers
 from runners.settings import WorkerSettings
 from runners.steering import Inbox, SteeringMessage
@@ -62,8 +63,11 @@ class AgentContext:
         settings: WorkerSettings,
         journal: Journal | None = None,
         driver_id: str | None = None,
+        plugins: PluginHost | None = None,
     ) -> None:
         self._store = store
+        self._plugins = plugins
+        """The worker's plugins (``on_call_agent_*`` hooks); none outside a worker."""
         self._command = command
         self._worker_id = worker_id
         self._attempt = attempt
@@ -87,6 +91,11 @@ class AgentContext:
         self._chunk_index = self._journal.delta_count
         self._flush_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+
+    async def _call_hook(self, hook: HookName, *args: Any) -> None:
+        """Call a plugin hook with this run's command and context (never raises)."""
+        if self._plugins is not None:
+            await self._plugins.call(hook, self._command, self, *args, run_id=self.run_id)
 
     # -- identity (read-only) ------------------------------------------------------------
 

@@ -46,13 +46,14 @@ from eventstore.subjects import run_end_subject
 from runners.cancel import cancel_run, cancel_tree
 from runners.context import AgentContext
 from runners.faults import fault_point
-from runners.journal import Journal, load_journal, terminal_of
+from runners.journal import Journal, load_journal, load_run
 from runners.orchestration import RunSuspended
 from runners.plugins import PluginHost
 from runners.resumption import answer_for, driver_of, record_answer
 from runners.settings import WorkerSettings
 from runners.steering import ask_from_steer, route_steer
-from runners.wakeup import command_at, notify_parent
+from runners.timers import arm_deadline, deadline_at, expire, is_deadline
+from runners.wakeup import notify_parent, started_by
 from runners.worker import Command, GatewayWorker, Reply
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class Execution:
 
     async def _run_ask(self, item: CommandAsk) -> None:
         command = command_of(item)
-        ended = await terminal_of(self.store, command.session_id, command.run_id)
+        ended, journal = await load_run(self.store, command.session_id, command.run_id)
         if ended is not None:
             log.info("run %s already ended; acking its redelivered command", command.run_id)
             if item.data.reply_to is not None:
@@ -155,7 +156,6 @@ class Execution:
                 await notify_parent(self.store, item.data.reply_to, command.run_id, ended)
             await self.msg.ack()
             return
-        journal = await load_journal(self.store, command.session_id, command.run_id)
         if driver_of(journal, item.id) != item.id:
             log.info("run %s has moved past its command; acking a late copy", command.run_id)
             await self.msg.ack()
@@ -166,13 +166,15 @@ class Execution:
 
     async def _run_resume(self, item: CommandResume) -> None:
         session_id, run_id = item.session_id or "", item.run_id or ""
-        if not run_id or await terminal_of(self.store, session_id, run_id) is not None:
+        if is_deadline(item):
+            await self._run_deadline(item)
+            return
+        ended, journal = await load_run(self.store, session_id, run_id)
+        if not run_id or ended is not None:
             log.info("resume %s for run %s: the run has ended; ignored", item.id, run_id)
             await self.msg.ack()
             return
-        journal = await load_journal(self.store, session_id, run_id)
-        first = journal.first_start
-        ask = None if first is None else await command_at(self.store, first.data.command_seq or 0)
+        ask = await started_by(self.store, journal)
         if ask is None:
             log.warning("resume %s: run %s has no recorded start; ignored", item.id, run_id)
             await self.msg.ack()
@@ -190,6 +192,18 @@ class Execution:
                 return
             fault_point("after_resumed")
         await self._execute(ask, command, journal, driver_id=item.id)
+
+    async def _run_deadline(self, item: CommandResume) -> None:
+        """A run's deadline timer fired (runners.timers): fail it unless it has ended.
+        If it is running again somewhere, its worker's own deadline falls at this same
+        moment; whichever terminal event is first stands (G2)."""
+        session_id, run_id = item.session_id or "", item.run_id or ""
+        journal = await load_journal(self.store, session_id, run_id)
+        ask = await started_by(self.store, journal)
+        if ask is not None:
+            context = self._context(command_of(ask), journal, item.id)
+            await expire(self.store, context.envelope(), ask)
+        await self.msg.ack()
 
     # -- command.cancel ----------------------------------------------------------------
 
@@ -210,7 +224,23 @@ class Execution:
             len(report.cancelled),
             len(report.already_ended),
         )
+        if data.target_run_id in report.cancelled and self.plugins.plugins:
+            await self._notify_cancel(item)
         await self.msg.ack()
+
+    async def _notify_cancel(self, item: CommandCancel) -> None:
+        """``on_task_cancel`` for the run a ``command.cancel`` ended (a run that never
+        started has no command to pass and gets no hook)."""
+        session_id, run_id = item.session_id or "", item.data.target_run_id
+        journal = await load_journal(self.store, session_id, run_id)
+        ask = await started_by(self.store, journal)
+        if ask is None:
+            return
+        command = command_of(ask)
+        context = self._context(command, journal, item.id)
+        context.mark_cancelled()
+        reason = item.data.reason or f"cancelled ({item.data.mode})"
+        await self._cancel_hook(command, context, reason)
 
     # -- command.steer -----------------------------------------------------------------
 
@@ -232,6 +262,7 @@ class Execution:
             settings=self.settings,
             journal=journal,
             driver_id=driver_id,
+            plugins=self.plugins,
         )
 
     async def _execute(
@@ -255,16 +286,27 @@ class Execution:
                 ask,
             )
             return
-        await self.store.append(
-            RunStarted(
-                id=f"{command.run_id}:started:{driver}:{self.attempt}",
-                **context.envelope(),
-                data=RunStartedData(attempt=self.attempt, command_seq=ask_seq(journal, self.seq)),
-            )
+        started = RunStarted(
+            id=f"{command.run_id}:started:{driver}:{self.attempt}",
+            **context.envelope(),
+            data=RunStartedData(attempt=self.attempt, command_seq=ask_seq(journal, self.seq)),
         )
-        terminal = await self._handle(command, context, self._deadline(ask, journal))
+        # The handler starts while run.started waits for its acknowledgement (one round
+        # trip less before the first chunk). Its PUB is queued on the connection before
+        # the handler can publish anything, so the log keeps the order; a refused
+        # run.started still fails this execution, before any terminal event is written.
+        started_ack = asyncio.ensure_future(self.store.append(started))
+        await asyncio.sleep(0)  # let it queue its PUB before the handler task exists
+        try:
+            terminal = await self._handle(command, context, self._deadline(ask, journal))
+        finally:
+            await started_ack
         if terminal is _SUSPENDED:
             await context.flush()
+            limit = ask.data.timeout_s or self.settings.run_timeout or None
+            deadline = deadline_at(limit, journal, started.time)
+            if deadline is not None:  # nothing measures a parked run's deadline but a timer
+                await arm_deadline(self.store, context.envelope(), deadline)
             await self.msg.ack()  # the wait is in the journal; a resume continues the run
         elif terminal is _CANCELLED:
             if self.worker.steering:
@@ -288,7 +330,7 @@ class Execution:
     ) -> Event | object | None:
         heartbeat = asyncio.create_task(self._keep_alive())
         handler = asyncio.create_task(self._call_handler(command, context))
-        watch = await self._watch_end(context, handler)
+        watch = await self._watch_end(command, context, handler)
         try:
             timeout = None if deadline is None else max(deadline, 0.0)
             done, _pending = await asyncio.wait({handler}, timeout=timeout)
@@ -337,7 +379,9 @@ class Execution:
             ),
         )
 
-    async def _watch_end(self, context: AgentContext, handler: asyncio.Task[Any]) -> Any:
+    async def _watch_end(
+        self, command: Command, context: AgentContext, handler: asyncio.Task[Any]
+    ) -> Any:
         """Follow the run's ``.end`` subject while the handler runs: a ``run.cancelled``
         written by a cancel (on any worker) sets ``ctx.cancelled``, and a forced one
         cancels the handler at its next await."""
@@ -346,11 +390,27 @@ class Execution:
         async def on_end(msg: Msg) -> None:
             event = decode(msg.data, seq=0, subject=msg.subject)
             if isinstance(event, RunCancelled):
+                first = not context.cancelled
                 context.mark_cancelled()
                 if event.data.mode == "force":
                     handler.cancel()
+                if first:
+                    reason = event.data.reason or f"cancelled ({event.data.mode})"
+                    await self._cancel_hook(command, context, reason)
 
         return await self.store.nc.subscribe(subject, cb=on_end)
+
+    async def _cancel_hook(self, command: Command, context: AgentContext, reason: str) -> None:
+        """``on_task_cancel``, at most once per run in this process (the worker running
+        the handler may also be the one that takes the ``command.cancel``)."""
+        if not _first_cancel_notice(command.run_id):
+            return
+        # A task of its own: a slow hook must not hold up the subscription's callbacks.
+        task = asyncio.create_task(
+            self.plugins.call("on_task_cancel", command, context, reason, run_id=command.run_id)
+        )
+        _HOOK_TASKS.add(task)
+        task.add_done_callback(_HOOK_TASKS.discard)
 
     async def _failure(self, context: AgentContext, exc: Exception) -> Event | None:
         error = ErrorInfo(type=type(exc).__name__, message=str(exc)[:2000] or type(exc).__name__)
@@ -428,6 +488,22 @@ class Execution:
         )
         log.warning("rejected message %d on %s: %s", self.seq, self.msg.subject, reason)
         await self.msg.ack()
+
+
+_CANCEL_NOTICES: dict[str, None] = {}
+"""Runs whose ``on_task_cancel`` this process has called (insertion-ordered, bounded)."""
+_CANCEL_NOTICES_LIMIT = 10_000
+_HOOK_TASKS: set[asyncio.Task[None]] = set()
+"""Hook calls in flight (a reference keeps a task from being collected mid-call)."""
+
+
+def _first_cancel_notice(run_id: str) -> bool:
+    if run_id in _CANCEL_NOTICES:
+        return False
+    if len(_CANCEL_NOTICES) >= _CANCEL_NOTICES_LIMIT:
+        del _CANCEL_NOTICES[next(iter(_CANCEL_NOTICES))]
+    _CANCEL_NOTICES[run_id] = None
+    return True
 
 
 _SUSPENDED = object()

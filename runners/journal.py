@@ -28,7 +28,7 @@ from eventstore.catalog import (
 from eventstore.codec import Undecodable
 from eventstore.envelope import Event
 from eventstore.store import EventStore
-from eventstore.subjects import run_end_subject, run_out_subject
+from eventstore.subjects import run_end_subject, run_out_subject, run_subjects_filter
 
 REPLAYED_EMIT_TYPES: Final = frozenset(
     {
@@ -157,6 +157,24 @@ async def load_journal(store: EventStore, session_id: str, run_id: str) -> Journ
     return journal
 
 
+async def load_run(store: EventStore, session_id: str, run_id: str) -> tuple[Event | None, Journal]:
+    """The run's terminal event (``None`` while it has not ended) and its journal, read
+    in one pass over both of its subjects: a run that has written nothing yet, the
+    usual case for a new command, costs one round trip."""
+    journal = Journal(run_id)
+    terminal: Event | None = None
+    end = run_end_subject(session_id, run_id, store.settings.root)
+    filter_ = run_subjects_filter(session_id, run_id, store.settings.root)
+    async for record in store.stored_on_subject(filter_):
+        if isinstance(record.item, Undecodable):
+            continue
+        if record.subject == end:
+            terminal = terminal or record.item  # G2: the first is the only real one
+        else:
+            journal.add(record.seq, record.item)
+    return terminal, journal
+
+
 async def terminal_of(store: EventStore, session_id: str, run_id: str) -> Event | None:
     """The run's terminal event, if it has ended."""
     record = await store.last_on_subject(run_end_subject(session_id, run_id, store.settings.root))
@@ -171,6 +189,7 @@ __all__ = [
     "child_run_id",
     "group_id_of",
     "load_journal",
+    "load_run",
     "member_run_id",
     "question_id_of",
     "terminal_of",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from eventstore.catalog import (
@@ -26,6 +27,7 @@ from eventstore.catalog import (
     CommandAsk,
     CommandAskData,
     Content,
+    ErrorInfo,
     GroupDispatched,
     GroupDispatchedData,
     GroupMember,
@@ -62,6 +64,7 @@ from runners.outcomes import (
     member_results,
     reply_of,
 )
+from runners.timers import arm_step_timer
 
 if TYPE_CHECKING:
     from runners.context import AgentContext
@@ -80,6 +83,21 @@ class RunSuspended(BaseException):
 
 class OrchestrationError(Exception):
     """An orchestration call was used wrongly (unknown group id, bad strategy...)."""
+
+
+class AskTimeout(TimeoutError):
+    """Raised by ``ask_user(..., timeout=s)`` when no answer came within ``s`` seconds
+    (measured from the question's ``run.asked_user``). A reply sent later is refused.
+    Like every step's answer it is journaled: a re-invoked handler gets it again."""
+
+    def __init__(self, question_id: str, timeout: float | None) -> None:
+        super().__init__(f"question {question_id} got no answer within {timeout}s")
+        self.question_id = question_id
+        self.timeout = timeout
+
+
+TIMED_OUT = ErrorInfo(type="TimedOut", message="no result before the step's timeout")
+"""The error of a child or group member a step stopped waiting for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,23 +151,32 @@ class Steps:
         ctx = self._ctx
         child = child_run_id(ctx.run_id, step)
         if step in self._journal.resumed:
-            return reply_of(self._journal.resumed[step][1].data.outcomes[0])
-        if step not in self._journal.called:
+            answer = self._journal.resumed[step][1].data
+            reply = reply_of(answer.outcomes[0])
+            if answer.resume_event_id == self._driver_id:
+                # The answer this execution was woken with: new to the handler (earlier
+                # answers were reported by the executions that received them).
+                await ctx._call_hook("on_call_agent_complete", target_agent_type, reply)
+            return reply
+        called = self._journal.called.get(step)
+        first_time = called is None
+        if called is None:
             fault_point("before_dispatch")
-            await ctx._emit(
-                RunCalled(
-                    id=f"{ctx.run_id}:called:{step}",
-                    **ctx.envelope(),
-                    data=RunCalledData(
-                        step=step,
-                        child_run_id=child,
-                        target_agent_type=target_agent_type,
-                        wait_for_reply=wait_for_reply,
-                        timeout_s=timeout,
-                    ),
+            # Only for a call not in the journal yet: a replay never repeats the hook (a
+            # crash between it and run.called can, as for every hook: at least once).
+            await ctx._call_hook("on_call_agent_start", target_agent_type, content)
+            called = RunCalled(
+                id=f"{ctx.run_id}:called:{step}",
+                **ctx.envelope(),
+                data=RunCalledData(
+                    step=step,
+                    child_run_id=child,
+                    target_agent_type=target_agent_type,
+                    wait_for_reply=wait_for_reply,
+                    timeout_s=timeout,
                 ),
-                journaled=False,
             )
+            await ctx._emit(called, journaled=False)
         reply_to = self._reply_to(step) if wait_for_reply else None
         await self._publish_child(
             child,
@@ -160,17 +187,24 @@ class Steps:
             timeout=timeout,
         )
         if not wait_for_reply:
-            return CalledAgent(
+            handle = CalledAgent(
                 run_id=child, session_id=ctx.session_id, agent_type=target_agent_type
             )
+            if first_time:
+                await ctx._call_hook("on_call_agent_complete", target_agent_type, handle)
+            return handle
         waiting = RunWaitingData(on="child", child_run_ids=[child], timeout_s=timeout)
 
         async def answered() -> list[ChildOutcome] | None:
             outcome = await child_outcome(ctx.store, ctx.session_id, child)
             return None if outcome is None else [outcome]
 
-        outcomes = await self._wait(step, "call", waiting, answered)
-        return reply_of(outcomes[0])
+        timeout_s = called.data.timeout_s
+        at = None if timeout_s is None else called.time + timedelta(seconds=timeout_s)
+        outcomes = await self._wait(step, "call", waiting, answered, at)
+        reply = reply_of(outcomes[0])
+        await ctx._call_hook("on_call_agent_complete", target_agent_type, reply)
+        return reply
 
     def _reply_to(self, step: int) -> ReplyTo:
         ctx = self._ctx
@@ -332,7 +366,11 @@ class Steps:
         async def answered() -> list[ChildOutcome] | None:
             return await self.group_answer(group, group_step)
 
-        return member_results(await self._wait(step, "group", waiting, answered))
+        timeout_s = group.data.timeout_s
+        # Measured from the dispatch, not from this call: work done in between counts.
+        at = None if timeout_s is None else group.time + timedelta(seconds=timeout_s)
+        outcomes = await self._wait(step, "group", waiting, answered, at, group_id=group_id)
+        return member_results(outcomes)
 
     async def group_answer(self, group: GroupDispatched, step: int) -> list[ChildOutcome] | None:
         """The group's final outcomes if it is decided (cancelling its live members),
@@ -357,6 +395,39 @@ class Steps:
                 )
         return final_outcomes(state.outcomes, [m.run_id for m in members])
 
+    async def group_timed_out(self, group: GroupDispatched) -> list[ChildOutcome]:
+        """The group's outcomes when its timeout fired: members that ended keep their
+        result, the rest are cancelled and reported ``timed_out``."""
+        ctx = self._ctx
+        state = await group_state(ctx.store, ctx.session_id, group)
+        if state.complete:
+            decided = await self.group_answer(group, 0)
+            if decided is not None:
+                return decided
+        final: list[ChildOutcome] = []
+        for member, outcome in zip(group.data.members, state.outcomes, strict=True):
+            # group_state stops reading an "all" group at its first live member, so a
+            # member it reports as live may have ended: stop_child reads it back then.
+            final.append(outcome or await self.stop_child(member.run_id, member.index))
+        return final
+
+    async def stop_child(self, run_id: str, index: int = 0) -> ChildOutcome:
+        """Cancel a child this run no longer waits for; its outcome as the run sees it
+        (``timed_out``, unless it ended on its own in the meantime)."""
+        ctx = self._ctx
+        report = await cancel_tree(
+            ctx.store,
+            ctx.session_id,
+            run_id,
+            reason=f"run {ctx.run_id} stopped waiting (timeout)",
+            requested_by=ctx.run_id,
+        )
+        if run_id not in report.cancelled:
+            ended = await child_outcome(ctx.store, ctx.session_id, run_id, index)
+            if ended is not None:
+                return ended
+        return ChildOutcome(run_id=run_id, index=index, status="timed_out", error=TIMED_OUT)
+
     # -- ask_user ----------------------------------------------------------------------
 
     async def ask_user(
@@ -367,22 +438,28 @@ class Steps:
         ctx = self._ctx
         if step in self._journal.resumed:
             data = self._journal.resumed[step][1].data
+            if data.kind == "timeout":
+                raise AskTimeout(data.question_id or question_id_of(ctx.run_id, step), timeout)
             return data.answer if data.answer is not None else data.content
-        if step not in self._journal.waits:
+        recorded = self._journal.waits.get(step)
+        asked = recorded[1] if recorded is not None else None
+        if not isinstance(asked, RunAskedUser):
             await ctx.flush()
-            await ctx._emit(
-                RunAskedUser(
-                    id=f"{ctx.run_id}:asked:{step}",
-                    **ctx.envelope(),
-                    data=RunAskedUserData(
-                        question_id=question_id_of(ctx.run_id, step),
-                        prompt=prompt,
-                        answer_schema=schema,
-                        timeout_s=timeout,
-                    ),
+            asked = RunAskedUser(
+                id=f"{ctx.run_id}:asked:{step}",
+                **ctx.envelope(),
+                data=RunAskedUserData(
+                    question_id=question_id_of(ctx.run_id, step),
+                    prompt=prompt,
+                    answer_schema=schema,
+                    timeout_s=timeout,
                 ),
-                journaled=False,
             )
+            await ctx._emit(asked, journaled=False)
+        timeout_s = asked.data.timeout_s
+        if timeout_s is not None:
+            at = asked.time + timedelta(seconds=timeout_s)
+            await arm_step_timer(ctx.store, ctx.envelope(), step, at)
         raise RunSuspended
 
     # -- waiting -----------------------------------------------------------------------
@@ -393,6 +470,9 @@ class Steps:
         kind: StepKind,
         waiting: RunWaitingData,
         answered: Callable[[], Any],
+        timer_at: datetime | None = None,
+        *,
+        group_id: str | None = None,
     ) -> list[ChildOutcome]:
         ctx = self._ctx
         if step not in self._journal.waits:
@@ -409,6 +489,10 @@ class Steps:
             fault_point("after_waiting")
         outcomes: list[ChildOutcome] | None = await answered()
         if outcomes is None:
+            if timer_at is not None:
+                # Armed on every pass that parks (idempotent): a crash before this line
+                # leaves the command unacked, and its redelivery arms the timer.
+                await arm_step_timer(ctx.store, ctx.envelope(), step, timer_at, group_id=group_id)
             raise RunSuspended
         # The answer is already there (a fast child): record it here, unless a resume
         # command records it first; then that resume continues the run, not this one.
@@ -426,10 +510,15 @@ class Steps:
             )
         except ConcurrencyError:
             raise RunSuspended from None
+        # The same boundary as a resume command's: the step's answer is recorded, the
+        # command that carries the run is not yet acked.
+        fault_point("after_resumed")
         return outcomes
 
 
 __all__ = [
+    "TIMED_OUT",
+    "AskTimeout",
     "CalledAgent",
     "GroupTask",
     "OrchestrationError",

@@ -110,17 +110,24 @@ class Plugin:
         """After the handler raised (also when the run will be retried)."""
 
     async def on_task_cancel(self, command: Command, context: AgentContext, reason: str) -> None:
-        """Not called yet: cancellation belongs to the orchestration issue."""
+        """The run was cancelled: called on the worker whose handler is running it (when
+        the ``run.cancelled`` reaches it; ``context.cancelled`` is already true) and on the
+        worker that takes the ``command.cancel`` that ended it; at most once per run in a
+        process. A run cancelled before it ever started has no command: no call."""
 
     async def on_call_agent_start(
         self, command: Command, context: AgentContext, target_agent_type: str, content: Any
     ) -> None:
-        """Not called yet: ``call_agent`` belongs to the orchestration issue."""
+        """Before ``call_agent`` dispatches a child for the first time (not when a
+        re-invoked handler replays a recorded call; a crash right after the hook can
+        repeat it: at least once)."""
 
     async def on_call_agent_complete(
         self, command: Command, context: AgentContext, target_agent_type: str, result: Any
     ) -> None:
-        """Not called yet: ``call_agent`` belongs to the orchestration issue."""
+        """When ``call_agent`` hands its result to the handler for the first time: the
+        :class:`~runners.outcomes.AgentReply` (or the ``CalledAgent`` ids without
+        ``wait_for_reply``); replays of an answer reported earlier do not call it."""
 
 
 def config_document(plugins: Sequence[Plugin]) -> dict[str, Any]:

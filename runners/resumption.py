@@ -19,12 +19,14 @@ from eventstore.catalog import (
     RunAskedUser,
     RunResumed,
     RunResumedData,
+    RunWaiting,
     StepKind,
 )
 from eventstore.errors import ConcurrencyError
 from runners.context import AgentContext
 from runners.journal import Journal
 from runners.outcomes import child_outcome
+from runners.timers import timer_step
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ async def answer_for(
         return None
     step, _seq, waiting = open_wait
     data = resume.data
+    if data.reason == "timeout":
+        return await _timeout_answer(context, journal, resume, step, waiting)
     if isinstance(waiting, RunAskedUser):
         if data.reason != "user_reply" or data.question_id != waiting.data.question_id:
             log.info("resume %s does not answer question %s", resume.id, waiting.data.question_id)
@@ -93,6 +97,57 @@ async def answer_for(
         step,
         kind,
         RunResumedData(step=step, kind=kind, resume_event_id=resume.id, outcomes=outcomes),
+    )
+
+
+async def _timeout_answer(
+    context: AgentContext,
+    journal: Journal,
+    resume: CommandResume,
+    step: int,
+    waiting: RunWaiting | RunAskedUser,
+) -> Answer | None:
+    """What a step timer answers: nothing unless it times out the open step. A child
+    or member that ended before the timer keeps its result; the others are cancelled
+    and reported ``timed_out``; a question gets no answer (``AskTimeout``)."""
+    if timer_step(resume) != step:
+        log.info("timer %s: run %s no longer waits in that step", resume.id, journal.run_id)
+        return None
+    if isinstance(waiting, RunAskedUser):
+        question = waiting.data.question_id
+        return Answer(step, "timeout", _timed_out(step, resume, question_id=question))
+    steps = context._steps
+    kind: StepKind
+    if waiting.data.on == "child":
+        kind = "call"
+        outcomes = [await steps.stop_child(waiting.data.child_run_ids[0])]
+    else:
+        kind = "group"
+        group = _group(journal, waiting.data.group_id or "")
+        if group is None:
+            log.error("run %s waits on unknown group %s", journal.run_id, waiting.data.group_id)
+            return None
+        outcomes = await steps.group_timed_out(group)
+    if any(outcome.status == "timed_out" for outcome in outcomes):
+        kind = "timeout"
+    # else everything had ended by the time the timer fired: an ordinary answer.
+    return Answer(step, kind, _timed_out(step, resume, outcomes, kind=kind))
+
+
+def _timed_out(
+    step: int,
+    resume: CommandResume,
+    outcomes: list[ChildOutcome] | None = None,
+    *,
+    question_id: str | None = None,
+    kind: StepKind = "timeout",
+) -> RunResumedData:
+    return RunResumedData(
+        step=step,
+        kind=kind,
+        resume_event_id=resume.id,
+        question_id=question_id,
+        outcomes=outcomes or [],
     )
 
 

@@ -16,6 +16,7 @@ from eventstore.catalog import CommandAsk, CommandResume, CommandResumeData, Com
 from eventstore.codec import decode
 from eventstore.envelope import Event
 from eventstore.store import EventStore
+from runners.journal import Journal
 from runners.steering import ask_from_steer
 
 log = logging.getLogger(__name__)
@@ -58,4 +59,12 @@ async def command_at(store: EventStore, seq: int) -> CommandAsk | None:
     return item if isinstance(item, CommandAsk) else None
 
 
-__all__ = ["command_at", "notify_parent"]
+async def started_by(store: EventStore, journal: Journal) -> CommandAsk | None:
+    """The ``command.ask`` that started the journal's run; ``None`` if it never started."""
+    first = journal.first_start
+    if first is None:
+        return None
+    return await command_at(store, first.data.command_seq or 0)
+
+
+__all__ = ["command_at", "notify_parent", "started_by"]

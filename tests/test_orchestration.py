@@ -31,6 +31,7 @@ from eventstore.envelope import Event
 from eventstore.settings import StoreSettings
 from eventstore.store import EventStore
 from gateway.client import GatewayClient, RunNotWaitingError
+from runners.journal import terminal_of
 
 PLANNER = "runners.examples.orchestration:PlannerWorker"
 SHARD = "runners.examples.orchestration:ShardWorker"
@@ -266,7 +267,19 @@ async def test_replies_to_runs_that_do_not_wait_are_refused(nats_url: str, tmp_p
                 await client.reply(command.run_id or "", "hi")
             with pytest.raises(LookupError):
                 await client.reply("run-that-never-was", "hi")
-        assert await store.last_seq() == before  # refusals store nothing
+        # Refusals store nothing: no reply and no rejection. (Other writes may still land:
+        # the child's wake-up of its parent can arrive after the parent ended, when the
+        # parent found the child's end by itself first.)
+        written = [
+            (record.seq, record.subject, record.item) async for record in store.records(before + 1)
+        ]
+        assert not [
+            (seq, subject)
+            for seq, subject, item in written
+            if isinstance(item, Undecodable)
+            or item.type == "ingest.rejected"
+            or (isinstance(item, CommandResume) and item.data.reason == "user_reply")
+        ], written
 
         # A parent waiting on a child is not waiting for a person.
         waiting = ask("x", "call-waits-on-child", mode="call", slow_s=3.0)
@@ -323,3 +336,152 @@ async def test_cancelling_the_root_cancels_the_whole_tree(nats_url: str, tmp_pat
         ends = assert_exactly_once(events, run_id)
         assert len(ends) == 7
         assert {e.type for e in ends.values()} == {"run.cancelled"}
+
+
+HOOK_PLUGINS = """
+import asyncio
+from pathlib import Path
+
+from runners.plugins import Plugin, PluginManifest
+
+LOG = Path(__file__).with_name("hooks.log")
+
+
+class Broken(Plugin):
+    manifest = PluginManifest(name="broken", version="1")
+
+    async def on_call_agent_start(self, command, context, target, content):
+        raise RuntimeError("broken on purpose")
+
+    async def on_call_agent_complete(self, command, context, target, result):
+        await asyncio.sleep(60)  # past the hook timeout
+
+    async def on_task_cancel(self, command, context, reason):
+        raise RuntimeError("broken on purpose")
+
+
+class Recorder(Plugin):
+    manifest = PluginManifest(name="recorder", version="1")
+
+    def _record(self, *parts):
+        with LOG.open("a") as log:
+            log.write(" ".join(str(part) for part in parts) + "\\n")
+
+    async def on_call_agent_start(self, command, context, target, content):
+        self._record("start", command.run_id, target, content)
+
+    async def on_call_agent_complete(self, command, context, target, result):
+        self._record("complete", command.run_id, target, result.status)
+
+    async def on_task_cancel(self, command, context, reason):
+        self._record("cancel", command.run_id, context.cancelled, reason.replace(" ", "_"))
+
+
+PLUGINS = [Broken(), Recorder()]
+"""
+
+
+def read_lines(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+async def hook_lines(log: Path, wanted: int, timeout: float = 20) -> list[str]:
+    lines: list[str] = []
+    for _ in range(int(timeout / 0.1)):
+        lines = read_lines(log)
+        if len(lines) >= wanted:
+            await asyncio.sleep(0.5)  # a duplicate, if any, would show up by now
+            return read_lines(log)
+        await asyncio.sleep(0.1)
+    pytest.fail(f"expected {wanted} hook calls in {log}, got {lines}")
+
+
+async def test_call_agent_and_cancel_hooks_fire_once_and_never_fail_runs(
+    nats_url: str, tmp_path: Path
+) -> None:
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "hooks.py").write_text(HOOK_PLUGINS)
+    log = plugin_dir / "hooks.log"
+    settings = isolated_settings()
+    hook_env = {**WORKER_ENV, "plugin_dir": str(plugin_dir), "hook_timeout": "0.5"}
+    async with open_store(nats_url, settings) as store:
+        workers = [
+            spawn_worker_in(settings, nats_url, PLANNER, "planner-h", {}, **hook_env),
+            spawn_worker_in(settings, nats_url, SHARD, "shard-h", {}, **hook_env),
+        ]
+        try:
+            # The child takes a moment: the parent parks, is resumed and replays the call.
+            command = ask("hello", "hooks-call", mode="call", slow_s=0.5)
+            await store.append(command)
+            terminal = await wait_terminal(store, command, 60)
+            assert terminal.type == "run.completed", terminal  # a raising, a slow hook
+            events = await settle(store, "hooks-call", 0.5)
+            assert resumed_steps(events, "hooks-call") == [0]  # invoked twice
+            assert await hook_lines(log, 2) == [
+                "start hooks-call shard hello",
+                "complete hooks-call shard completed",
+            ]
+            log.unlink()
+
+            waiting = ask("t", "hooks-cancel", mode="call", slow_s=60.0)
+            await store.append(waiting)
+            for _ in range(300):
+                events = await tree_events(store, "hooks-cancel")
+                if any(e.type == "run.started" and e.run_id == "hooks-cancel-c0" for e in events):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("the child never started")
+            async with GatewayClient(settings=settings, nats_url=nats_url) as client:
+                await client.cancel("hooks-cancel", reason="stop now")
+            lines = await hook_lines(log, 3)
+            # The parked parent through the command.cancel its worker took; the running
+            # child on its own worker; each once.
+            assert sorted(lines) == [
+                "cancel hooks-cancel True stop_now",
+                "cancel hooks-cancel-c0 True stop_now",
+                "start hooks-cancel shard t",
+            ]
+        finally:
+            for worker in workers:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    stop(worker, timeout=20)
+
+
+async def test_cancel_session_finds_runs_that_never_started(nats_url: str, tmp_path: Path) -> None:
+    async with system(nats_url, tmp_path) as (store, settings):
+        parent = ask("t", "cs-parent", mode="call", slow_s=60.0)
+        await store.append(parent)
+        queued = []
+        for index in range(2):  # no worker serves "nobody": these stay queued
+            command = CommandAsk(
+                session_id="s-orch",
+                run_id=f"cs-queued-{index}",
+                agent_type="nobody",
+                data=CommandAskData(content="wait"),
+            )
+            queued.append(command)
+            await store.append(command)
+        elsewhere = CommandAsk(
+            session_id="s-other",
+            run_id="cs-elsewhere",
+            agent_type="nobody",
+            data=CommandAskData(content="wait"),
+        )
+        await store.append(elsewhere)
+        for _ in range(300):
+            events = await tree_events(store, "cs-parent")
+            if any(e.type == "run.started" and e.run_id == "cs-parent-c0" for e in events):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the child never started")
+        async with GatewayClient(settings=settings, nats_url=nats_url) as client:
+            cancelled = await client.cancel_session("s-orch")
+            assert sorted(cancelled) == ["cs-parent", "cs-parent-c0", "cs-queued-0", "cs-queued-1"]
+            assert await client.cancel_session("s-orch") == []  # nothing live is left
+        for command in [parent, *queued]:
+            terminal = await wait_terminal(store, command, 10)
+            assert terminal.type == "run.cancelled", terminal
+        assert await terminal_of(store, "s-other", "cs-elsewhere") is None

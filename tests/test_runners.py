@@ -48,6 +48,14 @@ async def test_two_workers_share_200_runs_each_ending_once(nats_url: str) -> Non
             counts, by_worker = await terminals_by_run(store, {c.run_id for c in commands})
             assert set(counts.values()) == {1} and len(counts) == 200
             assert set(by_worker) == {"w0", "w1"}, by_worker
+            # The handler starts before run.started is acknowledged, yet the log keeps
+            # run.started ahead of every output of its run.
+            first_of_run: dict[str, str] = {}
+            async for _seq, item in store.read(1):
+                if not isinstance(item, Undecodable | CommandAsk) and item.run_id:
+                    first_of_run.setdefault(item.run_id, item.type)
+            assert len(first_of_run) == 200
+            assert set(first_of_run.values()) == {"run.started"}, first_of_run
         finally:
             assert stop(workers[0]) == 0 and stop(workers[1]) == 0
 

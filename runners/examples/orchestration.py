@@ -1,13 +1,17 @@
 """Orchestration demo workers (and the subjects of the G5 crash tests).
 
 * ``planner`` (metadata ``mode``):
-  - ``call``: streams "before|", calls ``shard`` with its input and waits, streams
-    "after|", returns the child's content;
+  - ``call``: streams "before|", calls ``call_target`` (default ``shard``) with its input
+    and waits (at most ``call_timeout_s``), streams "after|", returns the child's status
+    and content;
   - ``group``: fans out ``members`` (default 10) ``shard`` runs with ``strategy``
     (default ``all``), each member ``i`` getting ``"<input>#<i>"``; members whose index
-    is in ``fail`` fail, those in ``slow`` sleep ``slow_s`` seconds; returns
-    ``{"ok": [...contents or null], "errors": n}``;
-  - ``ask``: asks the user ``"Proceed with <input>?"`` and returns ``"answer: <answer>"``;
+    is in ``fail`` fail, those in ``slow`` sleep ``slow_s`` seconds; ``group_timeout_s``
+    bounds the group; returns ``{"ok": [...contents or null], "statuses": [...],
+    "error_types": [...], "errors": n}``;
+  - ``ask``: asks the user ``"Proceed with <input>?"`` ``questions`` times (default 1;
+    ``ask_timeout_s``, one number or one per question, bounds each wait) and returns
+    ``"answer: <answers joined by ','>"``, ``-`` standing for a question that timed out;
   - ``tree``: calls ``middle`` (which fans out to 5 slow ``shard`` runs) and waits.
 * ``shard``: echoes its input (``slow_s`` seconds of sleep first, failure on demand).
 * ``middle``: dispatches 5 slow shards (``all``) and collects them.
@@ -18,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from runners.context import AgentContext
-from runners.orchestration import GroupTask
+from runners.orchestration import AskTimeout, GroupTask
 from runners.worker import Command, GatewayWorker
 
 
@@ -32,20 +36,40 @@ class PlannerWorker(GatewayWorker):
         mode = command.metadata.get("mode", "call")
         if mode == "call":
             await context.emit_chunk("before|")
-            reply = await context.call_agent("shard", command.text, metadata=command.metadata)
+            reply = await context.call_agent(
+                str(command.metadata.get("call_target", "shard")),
+                command.text,
+                timeout=command.metadata.get("call_timeout_s"),
+                metadata=command.metadata,
+            )
             await context.emit_chunk("after|")
             return {"status": reply.status, "content": reply.content}
         if mode == "group":
             return await self._group(command, context)
         if mode == "ask":
-            await context.emit_chunk("asking|")
-            answer = await context.ask_user(f"Proceed with {command.text}?")
-            await context.emit_chunk("answered|")
-            return f"answer: {answer}"
+            return await self._ask(command, context)
         if mode == "tree":
             reply = await context.call_agent("middle", command.text, metadata=command.metadata)
             return {"status": reply.status}
         raise ValueError(f"unknown mode {mode!r}")
+
+    async def _ask(self, command: Command, context: AgentContext) -> Any:
+        questions = int(command.metadata.get("questions", 1))
+        timeouts = command.metadata.get("ask_timeout_s")
+        if not isinstance(timeouts, list):
+            timeouts = [timeouts] * questions
+        answers = []
+        for timeout in timeouts[:questions]:
+            await context.emit_chunk("asking|")
+            try:
+                answer = await context.ask_user(f"Proceed with {command.text}?", timeout=timeout)
+            except AskTimeout:
+                await context.emit_chunk("timed out|")
+                answers.append("-")
+                continue
+            await context.emit_chunk("answered|")
+            answers.append(str(answer))
+        return f"answer: {','.join(answers)}"
 
     async def _group(self, command: Command, context: AgentContext) -> Any:
         members = int(command.metadata.get("members", 10))
@@ -63,6 +87,7 @@ class PlannerWorker(GatewayWorker):
         group_id = await context.dispatch_group(
             tasks,
             strategy=str(command.metadata.get("strategy", "all")),
+            timeout=command.metadata.get("group_timeout_s"),
             max_concurrent=command.metadata.get("max_concurrent"),
             input_mapper=lambda raw, index: f"{raw}#{index}",
             raw_input=command.text,
@@ -72,6 +97,7 @@ class PlannerWorker(GatewayWorker):
         return {
             "ok": [r.result.content if r.is_success and r.result else None for r in results],
             "statuses": [r.result.status if r.result else "none" for r in results],
+            "error_types": [r.error.type if r.error else None for r in results],
             "errors": sum(1 for r in results if not r.is_success),
         }
 
