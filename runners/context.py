@@ -1,7 +1,9 @@
 """``AgentContext``: what a handler uses to emit output while its run is live.
 
 Every emit is an event on the run's ``.out`` subject. Token chunks are coalesced over
-``chunk_window`` (G8) and always flushed before the run's terminal event.
+``chunk_window`` (G8): the first chunk after a quiet window goes out at once (time to
+first token is not taxed), later ones at most once per window, and whatever is buffered
+is flushed before the run's terminal event.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -90,6 +93,8 @@ class AgentContext:
         self._chunks: list[str] = []
         self._chunk_index = self._journal.delta_count
         self._flush_task: asyncio.Task[None] | None = None
+        self._last_flush = -math.inf
+        """When the last delta went out (``time.monotonic``)."""
         self._lock = asyncio.Lock()
 
     async def _call_hook(self, hook: HookName, *args: Any) -> None:
@@ -195,7 +200,8 @@ class AgentContext:
     # -- output ------------------------------------------------------------------------
 
     async def emit_chunk(self, text: str) -> None:
-        """Stream a piece of the answer; pieces within ``chunk_window`` become one delta."""
+        """Stream a piece of the answer: one ``message.delta`` at most per ``chunk_window``,
+        the first at once; pieces in between are joined into the next delta."""
         if not text:
             return
         if self._replay_chars:
@@ -206,10 +212,12 @@ class AgentContext:
                 return
         self._chunks.append(text)
         if self._flush_task is None:
-            self._flush_task = asyncio.create_task(self._flush_later())
+            wait = self._last_flush + self._settings.chunk_window - time.monotonic()
+            self._flush_task = asyncio.create_task(self._flush_later(wait))
 
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self._settings.chunk_window)
+    async def _flush_later(self, wait: float) -> None:
+        if wait > 0:
+            await asyncio.sleep(wait)
         self._flush_task = None
         await self.flush()
 
@@ -223,6 +231,7 @@ class AgentContext:
                 return
             text, self._chunks = "".join(self._chunks), []
             index, self._chunk_index = self._chunk_index, self._chunk_index + 1
+            self._last_flush = time.monotonic()
             await self._emit(
                 MessageDelta(**self.envelope(), data=MessageDeltaData(text=text, index=index))
             )

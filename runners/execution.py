@@ -106,8 +106,12 @@ class Execution:
         settings: WorkerSettings,
         admin: Callable[[AdminCommand], Awaitable[None]] | None = None,
         plugins: PluginHost | None = None,
+        take_slot: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.store = store
+        self.take_slot = take_slot
+        """For a command that arrived without a reserved slot (the direct subject): waits
+        for one; False when the worker stops first."""
         self.admin = admin
         """Handles ``command.worker`` / ``command.reload_plugins`` (only on the worker's
         own subject)."""
@@ -133,6 +137,8 @@ class Execution:
             await self.msg.ack()
             await self.admin(item)
             return
+        if self.take_slot is not None and not await self.take_slot():
+            return  # stopping: left unacked, redelivered after the ack wait
         if isinstance(item, CommandAsk):
             await self._run_ask(item)
         elif isinstance(item, CommandResume):

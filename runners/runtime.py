@@ -13,11 +13,10 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
 
@@ -32,6 +31,7 @@ from eventstore.store import EventStore
 from eventstore.subjects import agent_type_subject, encode_token, worker_subject
 from runners.execution import AdminCommand, Execution
 from runners.plugin_loading import PluginManager, PluginSource
+from runners.pull import PullFeed
 from runners.registry import Lease, LeaseLostError, ensure_registry
 from runners.settings import WorkerSettings
 from runners.worker import GatewayWorker
@@ -55,17 +55,23 @@ def worker_consumer_name(worker_id: str) -> str:
 
 
 class Slots:
-    """Free execution slots; a fetch reserves slots before it asks for messages."""
+    """Free execution slots. A pull request reserves slots before it asks for messages
+    (``runners.pull``); a run gives its slot back when it ends."""
 
     def __init__(self, total: int) -> None:
         self.free = total
         self.closed = False
         self._changed = asyncio.Condition()
 
-    async def reserve(self, most: int) -> int:
-        """Wait for a free slot and take up to ``most``; 0 once the slots are closed."""
+    async def reserve(self, most: int, least: Callable[[], int] | None = None) -> int:
+        """Wait until ``least()`` slots (default 1) are free and take up to ``most``;
+        0 once the slots are closed. ``least`` is asked again on every change."""
+
+        def ready() -> bool:
+            return self.closed or self.free >= max(1, least() if least else 1)
+
         async with self._changed:
-            await self._changed.wait_for(lambda: self.free > 0 or self.closed)
+            await self._changed.wait_for(ready)
             if self.closed:
                 return 0
             taken = min(most, self.free)
@@ -73,12 +79,33 @@ class Slots:
             return taken
 
     async def release(self, count: int = 1) -> None:
+        if count == 0:
+            return
         async with self._changed:
             self.free += count
             self._changed.notify_all()
 
+    def take(self) -> None:
+        """Take a slot without waiting, even the last one (a message nobody asked for)."""
+        self.free -= 1
+
+    async def poke(self) -> None:
+        """Make waiting reservations ask ``least()`` again."""
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_free(self) -> bool:
+        """Wait for a free slot and take it (a command that arrived without one); False,
+        and nothing taken, once the slots are closed."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free > 0 or self.closed)
+            if self.closed:
+                return False
+            self.free -= 1
+            return True
+
     async def close(self) -> None:
-        """Wake every waiting fetch loop so it can notice the stop."""
+        """Wake every waiting request loop so it can notice the stop."""
         async with self._changed:
             self.closed = True
             self._changed.notify_all()
@@ -99,6 +126,8 @@ class WorkerRuntime:
         self.worker_id = worker_id
         self.settings = settings
         self.slots = Slots(settings.max_concurrency)
+        self.direct_slots = Slots(1)
+        """One pull request at a time on the worker's direct subject."""
         self.stopping = asyncio.Event()
         self.accepting = asyncio.Event()
         """Set while agent-type work is fetched: cleared by ``suspend``, set by ``resume``."""
@@ -130,7 +159,11 @@ class WorkerRuntime:
         self.stopping.set()
         self.accepting.set()  # wakes suspended fetch loops, which then see the stop
         if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_task(self.slots.close())
+            self._closing = asyncio.get_running_loop().create_task(self._close_slots())
+
+    async def _close_slots(self) -> None:
+        await self.slots.close()
+        await self.direct_slots.close()
 
     async def ensure_consumer(self, js: JetStreamContext, durable: str, subject: str) -> None:
         config = api.ConsumerConfig(
@@ -145,11 +178,6 @@ class WorkerRuntime:
             deliver_policy=api.DeliverPolicy.ALL,
         )
         await js.add_consumer(self.store.settings.stream, config)
-
-    async def _subscribe(self, durable: str, subject: str) -> Any:
-        js = self.store.js
-        await self.ensure_consumer(js, durable, subject)
-        return await js.pull_subscribe_bind(durable=durable, stream=self.store.settings.stream)
 
     async def run(self) -> None:
         """Claim the worker id, serve until stopped, drain, then release the lease.
@@ -178,51 +206,54 @@ class WorkerRuntime:
 
     async def _serve(self) -> None:
         root = self.store.settings.root
-        subscriptions: list[tuple[Any, bool]] = []
+        js = self.store.js
+        feeds: list[PullFeed] = []
+        for agent_type in self.agent_types:
+            durable = consumer_name(agent_type)
+            await self.ensure_consumer(js, durable, agent_type_subject(agent_type, root))
+            feeds.append(self._feed(durable, self.slots, self._deliver_agent_work, self.accepting))
+        durable = worker_consumer_name(self.worker_id)
+        await self.ensure_consumer(js, durable, worker_subject(self.worker_id, root))
+        # The direct subject has its own one-request pool: its commands are this worker's
+        # alone (nothing waits here that another worker could run), and admin commands
+        # must get through while every slot is busy. Its runs wait for a slot themselves.
+        feeds.append(self._feed(durable, self.direct_slots, self._deliver_direct, None))
         try:
-            for agent_type in self.agent_types:
-                subscription = await self._subscribe(
-                    consumer_name(agent_type), agent_type_subject(agent_type, root)
-                )
-                subscriptions.append((subscription, True))
-            direct = await self._subscribe(
-                worker_consumer_name(self.worker_id), worker_subject(self.worker_id, root)
-            )
-            subscriptions.append((direct, False))
             await self._announce_start()
-            await asyncio.gather(
-                *(self._fetch_loop(sub, agent_work=agent_work) for sub, agent_work in subscriptions)
-            )
+            await asyncio.gather(*(feed.run() for feed in feeds))
         finally:
-            for subscription, _agent_work in subscriptions:
-                with contextlib.suppress(NatsError):  # the connection may be gone already
-                    await subscription.unsubscribe()
             await self._drain()
 
-    async def _fetch_loop(self, subscription: Any, *, agent_work: bool) -> None:
-        while not self.stopping.is_set():
-            if agent_work and not self.accepting.is_set():
-                await self.accepting.wait()  # suspended: the direct subject is still served
-                continue
-            # The direct subject is quiet: one slot is enough, the rest stay for agent work.
-            reserved = await self.slots.reserve(self.settings.fetch_batch if agent_work else 1)
-            if self.stopping.is_set():
-                await self.slots.release(reserved)
-                return
-            try:
-                messages = await subscription.fetch(reserved, timeout=self.settings.fetch_wait)
-            except (NatsTimeoutError, TimeoutError):
-                messages = []
-            await self.slots.release(reserved - len(messages))
-            # Let a loop woken by this release reserve before this one asks again
-            # (otherwise one loop can starve the others of slots).
-            await asyncio.sleep(0)
-            for msg in messages:
-                task = asyncio.create_task(
-                    self._execute(msg, admin=None if agent_work else self._admin)
-                )
-                self.in_flight.add(task)
-                task.add_done_callback(self.in_flight.discard)
+    def _feed(
+        self,
+        durable: str,
+        slots: Slots,
+        deliver: Callable[[Msg], Awaitable[None]],
+        accepting: asyncio.Event | None,
+    ) -> PullFeed:
+        return PullFeed(
+            self.store.nc,
+            stream=self.store.settings.stream,
+            durable=durable,
+            slots=slots,
+            batch=min(self.settings.fetch_batch, self.settings.max_concurrency),
+            expires=self.settings.fetch_wait,
+            deliver=deliver,
+            accepting=accepting,
+            stopping=self.stopping,
+        )
+
+    async def _deliver_agent_work(self, msg: Msg) -> None:
+        self._spawn(self._execute(msg, admin=None, slot_held=True))
+
+    async def _deliver_direct(self, msg: Msg) -> None:
+        self._spawn(self._execute(msg, admin=self._admin, slot_held=False))
+        await self.direct_slots.release()  # ask for the next direct command at once
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
 
     async def _admin(self, command: AdminCommand) -> None:
         if command.data.target_worker_id != self.worker_id:
@@ -253,8 +284,19 @@ class WorkerRuntime:
         self.stop()
 
     async def _execute(
-        self, msg: Any, admin: Callable[[AdminCommand], Awaitable[None]] | None
+        self,
+        msg: Msg,
+        admin: Callable[[AdminCommand], Awaitable[None]] | None,
+        *,
+        slot_held: bool,
     ) -> None:
+        held = slot_held
+
+        async def take_slot() -> bool:
+            nonlocal held
+            held = await self._wait_for_slot(msg)
+            return held
+
         try:
             await Execution(
                 self.store,
@@ -264,6 +306,7 @@ class WorkerRuntime:
                 settings=self.settings,
                 admin=admin,
                 plugins=self.plugins.host,
+                take_slot=None if slot_held else take_slot,
             ).run()
         except Exception:
             # The command stays unacked and is redelivered after ack_wait (G1).
@@ -272,7 +315,19 @@ class WorkerRuntime:
                 msg.metadata.sequence.stream,
             )
         finally:
-            await self.slots.release()
+            if held:
+                await self.slots.release()
+
+    async def _wait_for_slot(self, msg: Msg) -> bool:
+        """A direct run waits for a free slot; in-progress acks keep its command from
+        being redelivered meanwhile. False when the worker stops first (the command
+        stays unacked and is redelivered)."""
+        waiting = asyncio.create_task(self.slots.wait_free())
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=self.settings.in_progress_interval)
+            if done:
+                return waiting.result()
+            await msg.in_progress()
 
     async def _drain(self) -> None:
         if self.in_flight:
