@@ -52,7 +52,7 @@ from runners.plugins import PluginHost
 from runners.resumption import answer_for, driver_of, record_answer
 from runners.settings import WorkerSettings
 from runners.steering import ask_from_steer, route_steer
-from runners.timers import arm_deadline, deadline_at, expire, is_deadline
+from runners.timers import arm_deadline, deadline_at, disarm, expire, has_timers, is_deadline
 from runners.wakeup import notify_parent, started_by
 from runners.worker import Command, GatewayWorker, Reply
 
@@ -290,6 +290,7 @@ class Execution:
                     ),
                 ),
                 ask,
+                journal,
             )
             return
         started = RunStarted(
@@ -319,7 +320,7 @@ class Execution:
                 await context.steering_reader.close()
             await self.msg.ack()
         elif isinstance(terminal, Event):
-            await self._finish(context, terminal, ask)
+            await self._finish(context, terminal, ask, journal)
 
     def _deadline(self, ask: CommandAsk, journal: Journal) -> float | None:
         """Seconds left before the run's deadline (measured from its first start)."""
@@ -442,7 +443,9 @@ class Execution:
             data=RunFailedData(error=error, code="runner.exception", retryable=False),
         )
 
-    async def _finish(self, context: AgentContext, terminal: Event, ask: CommandAsk) -> None:
+    async def _finish(
+        self, context: AgentContext, terminal: Event, ask: CommandAsk, journal: Journal
+    ) -> None:
         await context.flush()
         fault_point("before_terminal")
         if self.worker.steering:  # unread inbox items are recorded before the end
@@ -453,6 +456,9 @@ class Execution:
             # Another delivery (a redelivery, a zombie, a cancel) ended the run first.
             log.info("run %s was ended by another writer; dropping this attempt", context.run_id)
         else:
+            limit = ask.data.timeout_s or self.settings.run_timeout or None
+            if has_timers(journal, limit):
+                await disarm(self.store, context.session_id, context.run_id)
             if terminal.type != "run.completed":
                 # A failed or timed-out run takes its live children with it.
                 await cancel_tree(

@@ -64,7 +64,7 @@ from runners.outcomes import (
     member_results,
     reply_of,
 )
-from runners.timers import arm_step_timer
+from runners.timers import arm_step_timer, disarm
 
 if TYPE_CHECKING:
     from runners.context import AgentContext
@@ -475,7 +475,8 @@ class Steps:
         group_id: str | None = None,
     ) -> list[ChildOutcome]:
         ctx = self._ctx
-        if step not in self._journal.waits:
+        parked_before = step in self._journal.waits
+        if not parked_before:
             fault_point("after_dispatch")
             await ctx.flush()
             await ctx._emit(
@@ -510,6 +511,8 @@ class Steps:
             )
         except ConcurrencyError:
             raise RunSuspended from None
+        if timer_at is not None and parked_before:  # an earlier pass parked and armed it
+            await disarm(ctx.store, ctx.session_id, ctx.run_id, f"w{step}")
         # The same boundary as a resume command's: the step's answer is recorded, the
         # command that carries the run is not yet acked.
         fault_point("after_resumed")

@@ -26,7 +26,7 @@ from eventstore.errors import ConcurrencyError
 from runners.context import AgentContext
 from runners.journal import Journal
 from runners.outcomes import child_outcome
-from runners.timers import timer_step
+from runners.timers import disarm, timer_step
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,10 @@ async def record_answer(context: AgentContext, journal: Journal, answer: Answer)
         return False
     if result.seq is not None:
         journal.add(result.seq, event)
+    waited = journal.waits.get(answer.step)
+    if answer.kind != "timeout" and waited is not None and waited[1].data.timeout_s:
+        # Answered in time: the step's timer would only fire into a stale resume.
+        await disarm(context.store, context.session_id, journal.run_id, f"w{answer.step}")
     return True
 
 

@@ -9,11 +9,14 @@ whose body is a ``command.resume`` (reason ``timeout``) and whose
 publishes the body there, removes the schedule, and any worker of the agent type takes
 the resume like any other: the timer outlives every worker.
 
-A timer is never cancelled: one that fires after its step was answered (or after the
-run ended) finds nothing to time out and is acknowledged without effect, by the same
-compare-and-set that makes every wake-up exactly-once (``run.resumed`` appended with an
-expected last sequence). Arming is idempotent (``Nats-Msg-Id``), so a replay or a
-redelivered command arms the same timer again at no cost.
+A step timer is disarmed (its schedule purged from the stream) when the step's real
+answer is recorded, and all of a run's timers when the worker running it writes its
+terminal event, so an audit of a finished run shows no timeout that did nothing.
+Disarming is best effort: a timer that still fires (the purge failed, or a cancel ended
+the run on another path) finds nothing to time out and is acknowledged without effect,
+by the same compare-and-set that makes every wake-up exactly-once (``run.resumed``
+appended with an expected last sequence). Arming is idempotent (``Nats-Msg-Id``), so a
+replay or a redelivered command arms the same timer again at no cost.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
@@ -104,6 +108,24 @@ async def arm(store: EventStore, name: str, at: datetime, resume: CommandResume)
         return
     # Not armed, and the caller must not ack its command: a redelivery arms it again.
     raise AppendError(outgoing.event_id, "no acknowledgement while arming a timer")
+
+
+async def disarm(store: EventStore, session_id: str, run_id: str, name: str = ">") -> None:
+    """Remove the run's timer ``name`` (``w<step>`` or ``deadline``; ``>``: all of them)
+    before it fires. Best effort: a failure is logged and the timer fires harmlessly."""
+    subject = timer_subject(store, session_id, run_id, name)
+    try:
+        await store.js.purge_stream(store.settings.stream, subject=subject)
+    except (NatsError, TimeoutError) as exc:
+        log.info("timer %s not disarmed (%s); it will fire without effect", subject, exc)
+
+
+def has_timers(journal: Journal, limit: float | None) -> bool:
+    """Whether the run may have armed a timer: a wait with a timeout, or any wait while
+    it has a deadline (a deadline is armed when the run first parks)."""
+    if limit and journal.waits:
+        return True
+    return any(event.data.timeout_s for _seq, event in journal.waits.values())
 
 
 async def arm_step_timer(
@@ -191,6 +213,7 @@ async def expire(store: EventStore, envelope: dict[str, Any], ask: CommandAsk) -
         if existing is None or existing.id != terminal.id:
             return False
         # Ours, from a delivery that died before it finished: finish what it started.
+    await disarm(store, session_id, run_id)  # its step timers, if any
     await cancel_tree(
         store,
         session_id,
@@ -210,7 +233,9 @@ __all__ = [
     "arm_step_timer",
     "deadline_at",
     "deadline_timer_id",
+    "disarm",
     "expire",
+    "has_timers",
     "is_deadline",
     "step_timer_id",
     "timer_step",

@@ -15,6 +15,7 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from eventstore.settings import StoreSettings
 from eventstore.store import EventStore
 from gateway.client import GatewayClient, RunNotWaitingError
 from runners.journal import terminal_of
+from runners.timers import arm
 
 PLANNER = "runners.examples.orchestration:PlannerWorker"
 SHARD = "runners.examples.orchestration:ShardWorker"
@@ -217,7 +219,17 @@ async def test_ask_user_timeout_then_a_late_reply_is_refused(nats_url: str) -> N
         assert resumes(events, "ask-timeout") == [(0, "timeout"), (1, "ask_user")]
 
 
-async def test_a_timer_firing_after_the_reply_changes_nothing(nats_url: str) -> None:
+async def pending_timers(store: EventStore, run_id: str) -> dict[str, int]:
+    """Schedules still held for the run (by timer subject)."""
+    info = await store.js.stream_info(
+        store.settings.stream, subjects_filter=f"{timer_root(store.settings)}.*.{run_id}.>"
+    )
+    return dict(info.state.subjects or {})
+
+
+async def test_answered_steps_disarm_their_timers_and_a_late_one_changes_nothing(
+    nats_url: str,
+) -> None:
     async with system(nats_url) as sys_:
         store = sys_.store
         command = ask("ask-first", mode="ask", questions=2, ask_timeout_s=[1.5, 30.0])
@@ -231,8 +243,29 @@ async def test_a_timer_firing_after_the_reply_changes_nothing(nats_url: str) -> 
                     await asyncio.sleep(0.05)
             else:
                 pytest.fail("the run never asked")
-            # The first question's timer fires while the run waits on the second one.
-            await until(store, "ask-first", lambda e: e.id == "timeout-ask-first-w0")
+            await until(
+                store,
+                "ask-first",
+                lambda e: e.type == "run.asked_user" and e.data.question_id == "ask-first-q1",
+            )
+            # Answered in time: the first timer is gone, past its due time nothing fires.
+            assert list(await pending_timers(store, "ask-first")) == [
+                f"{timer_root(store.settings)}.s-timers.ask-first.w1"
+            ]
+            await asyncio.sleep(2.0)
+            events = await tree(store, "ask-first")
+            assert not any(e.id == "timeout-ask-first-w0" for e in events)
+            # A timer that fires anyway (its disarm failed) changes nothing.
+            # (A copy of it: the original's id is still in the dedupe window.)
+            late = CommandResume(
+                id="late-timeout-ask-first-w0",
+                session_id="s-timers",
+                run_id="ask-first",
+                agent_type="planner",
+                data=CommandResumeData(reason="timeout", result={"step": 0}),
+            )
+            await arm(store, "w0", datetime.now(UTC), late)
+            await until(store, "ask-first", lambda e: e.id == late.id)
             await asyncio.sleep(1.5)  # time for a worker to take it (and change nothing)
             events = await tree(store, "ask-first")
             assert resumes(events, "ask-first") == [(0, "ask_user")]
@@ -243,6 +276,7 @@ async def test_a_timer_firing_after_the_reply_changes_nothing(nats_url: str) -> 
         events = await tree(store, "ask-first")
         one_terminal_each(events)
         assert resumes(events, "ask-first") == [(0, "ask_user"), (1, "ask_user")]
+        assert await pending_timers(store, "ask-first") == {}
 
 
 async def test_a_killed_workers_parked_run_is_timed_out_by_another(nats_url: str) -> None:
