@@ -1,16 +1,16 @@
 """Executing one delivered command: the run lifecycle (G1, G2, G6).
 
-``run.started`` (attempt = delivery count), the handler with in-progress acks while it
-works, then exactly one terminal event on the run's ``.end`` subject, published with
-``Nats-Expected-Last-Subject-Sequence: 0``: a second writer (redelivery, zombie) is
-refused by the server and stops quietly. The command is acked only after its terminal
-event is stored, so a worker killed at any point leaves the command to be redelivered.
+``run.started`` (attempt = delivery count), the handler (``runners.handler_run``: with
+in-progress acks while it works), then exactly one terminal event on the run's ``.end``
+subject, published with ``Nats-Expected-Last-Subject-Sequence: 0``: a second writer
+(redelivery, zombie) is refused by the server and stops quietly. The command is acked
+only after its terminal event is stored, so a worker killed at any point leaves the
+command to be redelivered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -28,13 +28,8 @@ from eventstore.catalog import (
     ErrorInfo,
     IngestRejected,
     IngestRejectedData,
-    RunCancelled,
-    RunCompleted,
-    RunCompletedData,
     RunDeadLettered,
     RunDeadLetteredData,
-    RunFailed,
-    RunFailedData,
     RunStarted,
     RunStartedData,
 )
@@ -42,19 +37,18 @@ from eventstore.codec import Undecodable, decode
 from eventstore.envelope import Event
 from eventstore.errors import ConcurrencyError
 from eventstore.store import EventStore
-from eventstore.subjects import run_end_subject
 from runners.cancel import cancel_run, cancel_tree
 from runners.context import AgentContext
 from runners.faults import fault_point
+from runners.handler_run import CANCELLED, SUSPENDED, HandlerRun, completion
 from runners.journal import Journal, load_journal, load_run
-from runners.orchestration import RunSuspended
 from runners.plugins import PluginHost
 from runners.resumption import answer_for, driver_of, record_answer
 from runners.settings import WorkerSettings
 from runners.steering import ask_from_steer, route_steer
 from runners.timers import arm_deadline, deadline_at, disarm, expire, has_timers, is_deadline
 from runners.wakeup import notify_parent, started_by
-from runners.worker import Command, GatewayWorker, Reply
+from runners.worker import Command, GatewayWorker
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +77,6 @@ def command_of(event: CommandAsk) -> Command:
         message_id=event.id,
         group_id=event.group_id,
     )
-
-
-def completion(result: Any) -> RunCompletedData:
-    if isinstance(result, Reply):
-        return RunCompletedData(content=result.content, result=result.data)
-    if result is None or isinstance(result, str):
-        return RunCompletedData(content=result)
-    return RunCompletedData(result=result)
 
 
 class Execution:
@@ -246,7 +232,7 @@ class Execution:
         context = self._context(command, journal, item.id)
         context.mark_cancelled()
         reason = item.data.reason or f"cancelled ({item.data.mode})"
-        await self._cancel_hook(command, context, reason)
+        await self._handler_run().cancel_hook(command, context, reason)
 
     # -- command.steer -----------------------------------------------------------------
 
@@ -258,6 +244,16 @@ class Execution:
         await self._run_ask(ask_from_steer(item))
 
     # -- executing the handler ---------------------------------------------------------
+
+    def _handler_run(self) -> HandlerRun:
+        return HandlerRun(
+            self.store,
+            self.worker,
+            self.msg,
+            attempt=self.attempt,
+            settings=self.settings,
+            plugins=self.plugins,
+        )
 
     def _context(self, command: Command, journal: Journal, driver_id: str) -> AgentContext:
         return AgentContext(
@@ -305,17 +301,19 @@ class Execution:
         started_ack = asyncio.ensure_future(self.store.append(started))
         await asyncio.sleep(0)  # let it queue its PUB before the handler task exists
         try:
-            terminal = await self._handle(command, context, self._deadline(ask, journal))
+            terminal = await self._handler_run().handle(
+                command, context, self._deadline(ask, journal)
+            )
         finally:
             await started_ack
-        if terminal is _SUSPENDED:
+        if terminal is SUSPENDED:
             await context.flush()
             limit = ask.data.timeout_s or self.settings.run_timeout or None
             deadline = deadline_at(limit, journal, started.time)
             if deadline is not None:  # nothing measures a parked run's deadline but a timer
                 await arm_deadline(self.store, context.envelope(), deadline)
             await self.msg.ack()  # the wait is in the journal; a resume continues the run
-        elif terminal is _CANCELLED:
+        elif terminal is CANCELLED:
             if self.worker.steering:
                 await context.steering_reader.close()
             await self.msg.ack()
@@ -331,117 +329,6 @@ class Execution:
         if first is None:
             return limit
         return limit - (datetime.now(UTC) - first.time).total_seconds()
-
-    async def _handle(
-        self, command: Command, context: AgentContext, deadline: float | None
-    ) -> Event | object | None:
-        heartbeat = asyncio.create_task(self._keep_alive())
-        handler = asyncio.create_task(self._call_handler(command, context))
-        watch = await self._watch_end(command, context, handler)
-        try:
-            timeout = None if deadline is None else max(deadline, 0.0)
-            done, _pending = await asyncio.wait({handler}, timeout=timeout)
-            if not done:
-                return await self._timed_out(context, handler)
-            return handler.result()
-        except asyncio.CancelledError:
-            if context.cancelled:  # force-cancelled: the run's terminal event is in the log
-                return _CANCELLED
-            raise
-        finally:
-            if not handler.done():  # the worker is draining or stopping
-                handler.cancel()
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-            await watch.unsubscribe()
-            await context.steering_reader.stop()
-
-    async def _call_handler(self, command: Command, context: AgentContext) -> Event | object | None:
-        run_id = command.run_id
-        try:
-            await self.plugins.call("on_task_start", command, context, run_id=run_id)
-            try:
-                result = await self.worker.process_command(command, context)
-            except RunSuspended:
-                return _SUSPENDED
-            except Exception as exc:  # noqa: BLE001 - any handler failure becomes an event
-                await self.plugins.call("on_task_error", command, context, exc, run_id=run_id)
-                return await self._failure(context, exc)
-            await self.plugins.call("on_task_complete", command, context, result, run_id=run_id)
-        except RunSuspended:
-            return _SUSPENDED
-        return RunCompleted(**context.envelope(), data=completion(result))
-
-    async def _timed_out(self, context: AgentContext, handler: asyncio.Task[Any]) -> Event:
-        handler.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await handler
-        return RunFailed(
-            **context.envelope(),
-            data=RunFailedData(
-                error=ErrorInfo(type="Timeout", message="the run passed its deadline"),
-                code="timeout",
-                retryable=False,
-            ),
-        )
-
-    async def _watch_end(
-        self, command: Command, context: AgentContext, handler: asyncio.Task[Any]
-    ) -> Any:
-        """Follow the run's ``.end`` subject while the handler runs: a ``run.cancelled``
-        written by a cancel (on any worker) sets ``ctx.cancelled``, and a forced one
-        cancels the handler at its next await."""
-        subject = run_end_subject(context.session_id, context.run_id, self.store.settings.root)
-
-        async def on_end(msg: Msg) -> None:
-            event = decode(msg.data, seq=0, subject=msg.subject)
-            if isinstance(event, RunCancelled):
-                first = not context.cancelled
-                context.mark_cancelled()
-                if event.data.mode == "force":
-                    handler.cancel()
-                if first:
-                    reason = event.data.reason or f"cancelled ({event.data.mode})"
-                    await self._cancel_hook(command, context, reason)
-
-        return await self.store.nc.subscribe(subject, cb=on_end)
-
-    async def _cancel_hook(self, command: Command, context: AgentContext, reason: str) -> None:
-        """``on_task_cancel``, at most once per run in this process (the worker running
-        the handler may also be the one that takes the ``command.cancel``)."""
-        if not _first_cancel_notice(command.run_id):
-            return
-        # A task of its own: a slow hook must not hold up the subscription's callbacks.
-        task = asyncio.create_task(
-            self.plugins.call("on_task_cancel", command, context, reason, run_id=command.run_id)
-        )
-        _HOOK_TASKS.add(task)
-        task.add_done_callback(_HOOK_TASKS.discard)
-
-    async def _failure(self, context: AgentContext, exc: Exception) -> Event | None:
-        error = ErrorInfo(type=type(exc).__name__, message=str(exc)[:2000] or type(exc).__name__)
-        retryable = bool(getattr(exc, "retryable", False))
-        log.warning(
-            "run %s attempt %d failed: %s: %s",
-            context.run_id,
-            self.attempt,
-            error.type,
-            error.message,
-        )
-        if retryable and self.attempt < self.settings.max_deliver:
-            await context.flush()
-            await self.msg.nak(delay=self.settings.retry_delay)
-            return None
-        if retryable:
-            return RunDeadLettered(
-                **context.envelope(),
-                data=RunDeadLetteredData(attempts=self.attempt, last_error=error),
-            )
-        return RunFailed(
-            **context.envelope(),
-            data=RunFailedData(error=error, code="runner.exception", retryable=False),
-        )
 
     async def _finish(
         self, context: AgentContext, terminal: Event, ask: CommandAsk, journal: Journal
@@ -474,11 +361,6 @@ class Execution:
             await context.steering_reader.inbox.forget()
         await self.msg.ack()
 
-    async def _keep_alive(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.in_progress_interval)
-            await self.msg.in_progress()
-
     async def _reject(self, item: Event | Undecodable, why: str | None = None) -> None:
         if why is not None:
             reason = why
@@ -500,28 +382,6 @@ class Execution:
         )
         log.warning("rejected message %d on %s: %s", self.seq, self.msg.subject, reason)
         await self.msg.ack()
-
-
-_CANCEL_NOTICES: dict[str, None] = {}
-"""Runs whose ``on_task_cancel`` this process has called (insertion-ordered, bounded)."""
-_CANCEL_NOTICES_LIMIT = 10_000
-_HOOK_TASKS: set[asyncio.Task[None]] = set()
-"""Hook calls in flight (a reference keeps a task from being collected mid-call)."""
-
-
-def _first_cancel_notice(run_id: str) -> bool:
-    if run_id in _CANCEL_NOTICES:
-        return False
-    if len(_CANCEL_NOTICES) >= _CANCEL_NOTICES_LIMIT:
-        del _CANCEL_NOTICES[next(iter(_CANCEL_NOTICES))]
-    _CANCEL_NOTICES[run_id] = None
-    return True
-
-
-_SUSPENDED = object()
-"""What ``_handle`` returns when the handler parked the run (``RunSuspended``)."""
-_CANCELLED = object()
-"""What ``_handle`` returns when a forced cancel stopped the handler."""
 
 
 def ask_seq(journal: Journal, delivered_seq: int) -> int:
