@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 
 from eventstore.catalog import (
     ErrorInfo,
@@ -25,7 +26,7 @@ from eventstore.catalog import (
     RunFailed,
     RunFailedData,
 )
-from eventstore.codec import decode
+from eventstore.codec import Undecodable, decode
 from eventstore.envelope import Event
 from eventstore.store import EventStore
 from eventstore.subjects import run_end_subject
@@ -74,9 +75,10 @@ class HandlerRun:
     async def handle(
         self, command: Command, context: AgentContext, deadline: float | None
     ) -> Event | object | None:
-        heartbeat = asyncio.create_task(self._keep_alive())
         handler = asyncio.create_task(self._call_handler(command, context))
-        watch = await self._watch_end(command, context, handler)
+        heartbeat = _Heartbeat(self.msg, self.settings.in_progress_interval)
+        watch = _EndWatch(self, command, context, handler)
+        watch.start_later(self.settings.cancel_watch_delay)
         try:
             timeout = None if deadline is None else max(deadline, 0.0)
             done, _pending = await asyncio.wait({handler}, timeout=timeout)
@@ -90,10 +92,8 @@ class HandlerRun:
         finally:
             if not handler.done():  # the worker is draining or stopping
                 handler.cancel()
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-            await watch.unsubscribe()
+            heartbeat.stop()
+            await watch.stop()
             await context.steering_reader.stop()
 
     async def _call_handler(self, command: Command, context: AgentContext) -> Event | object | None:
@@ -125,26 +125,24 @@ class HandlerRun:
             ),
         )
 
-    async def _watch_end(
-        self, command: Command, context: AgentContext, handler: asyncio.Task[Any]
-    ) -> Any:
-        """Follow the run's ``.end`` subject while the handler runs: a ``run.cancelled``
-        written by a cancel (on any worker) sets ``ctx.cancelled``, and a forced one
-        cancels the handler at its next await."""
-        subject = run_end_subject(context.session_id, context.run_id, self.store.settings.root)
-
-        async def on_end(msg: Msg) -> None:
-            event = decode(msg.data, seq=0, subject=msg.subject)
-            if isinstance(event, RunCancelled):
-                first = not context.cancelled
-                context.mark_cancelled()
-                if event.data.mode == "force":
-                    handler.cancel()
-                if first:
-                    reason = event.data.reason or f"cancelled ({event.data.mode})"
-                    await self.cancel_hook(command, context, reason)
-
-        return await self.store.nc.subscribe(subject, cb=on_end)
+    async def on_end_event(
+        self,
+        event: Event | Undecodable,
+        command: Command,
+        context: AgentContext,
+        handler: asyncio.Task[Any],
+    ) -> None:
+        """A ``run.cancelled`` written by a cancel (on any worker) sets ``ctx.cancelled``,
+        and a forced one cancels the handler at its next await."""
+        if not isinstance(event, RunCancelled):
+            return
+        first = not context.cancelled
+        context.mark_cancelled()
+        if event.data.mode == "force":
+            handler.cancel()
+        if first:
+            reason = event.data.reason or f"cancelled ({event.data.mode})"
+            await self.cancel_hook(command, context, reason)
 
     async def cancel_hook(self, command: Command, context: AgentContext, reason: str) -> None:
         """``on_task_cancel``, at most once per run in this process (the worker running
@@ -182,10 +180,86 @@ class HandlerRun:
             data=RunFailedData(error=error, code="runner.exception", retryable=False),
         )
 
-    async def _keep_alive(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.in_progress_interval)
-            await self.msg.in_progress()
+
+class _Heartbeat:
+    """In-progress acks every ``interval`` while the handler runs (a timer chain, not a
+    task per run: most runs end before the first beat)."""
+
+    def __init__(self, msg: Msg, interval: float) -> None:
+        self._msg = msg
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._beat: asyncio.Task[None] | None = None
+        self._timer = self._loop.call_later(interval, self._tick)
+
+    def _tick(self) -> None:
+        if self._beat is None or self._beat.done():
+            self._beat = self._loop.create_task(self._send())
+        self._timer = self._loop.call_later(self._interval, self._tick)
+
+    async def _send(self) -> None:
+        try:
+            await self._msg.in_progress()
+        except NatsError as exc:  # the next beat tries again; the ack wait is 3 beats
+            log.debug("in-progress ack not sent: %s", exc)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        # A beat in flight may land after the ack: the server ignores it then.
+
+
+class _EndWatch:
+    """Follows the run's ``.end`` subject once the handler has run ``cancel_watch_delay``
+    seconds; on subscribing it also reads the subject's last event, so a cancel written
+    before the subscription is not missed."""
+
+    def __init__(
+        self,
+        run: HandlerRun,
+        command: Command,
+        context: AgentContext,
+        handler: asyncio.Task[Any],
+    ) -> None:
+        self._run = run
+        self._command = command
+        self._context = context
+        self._handler = handler
+        self._timer: asyncio.TimerHandle | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._subscription: Any = None
+
+    def start_later(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(delay, self._start)
+
+    def _start(self) -> None:
+        self._starting = asyncio.get_running_loop().create_task(self._subscribe())
+
+    async def _on_message(self, msg: Msg) -> None:
+        await self._apply(decode(msg.data, seq=0, subject=msg.subject))
+
+    async def _apply(self, event: Event | Undecodable) -> None:
+        await self._run.on_end_event(event, self._command, self._context, self._handler)
+
+    async def _subscribe(self) -> None:
+        store = self._run.store
+        context = self._context
+        subject = run_end_subject(context.session_id, context.run_id, store.settings.root)
+        self._subscription = await store.nc.subscribe(subject, cb=self._on_message)
+        record = await store.last_on_subject(subject)
+        if record is not None:
+            await self._apply(record[1])
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, NatsError):
+                await self._starting
+        if self._subscription is not None:
+            with contextlib.suppress(NatsError):
+                await self._subscription.unsubscribe()
 
 
 _CANCEL_NOTICES: dict[str, None] = {}

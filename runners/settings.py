@@ -17,9 +17,9 @@ class WorkerSettings:
     max_concurrency: int = 8
     """Runs one worker process executes at once (its consumer slots)."""
     fetch_batch: int = 8
-    """Most commands fetched per pull; never more than the free slots."""
+    """Most commands one pull request asks for; requests never exceed the free slots."""
     fetch_wait: float = 1.0
-    """Seconds a pull waits for work before asking again (and noticing a stop)."""
+    """Lifetime of a pull request: an idle worker renews its requests this often."""
     ack_wait: float = 30.0
     """Seconds JetStream waits for an ack before redelivering a command (G1)."""
     max_deliver: int = 5
@@ -31,7 +31,12 @@ class WorkerSettings:
     drain_timeout: float = 30.0
     """Seconds in-flight runs get to finish on SIGTERM / SIGINT."""
     chunk_window: float = 0.05
-    """Token chunks emitted within this many seconds become one ``message.delta`` (G8)."""
+    """At most one ``message.delta`` per window per run (G8); the first chunk after a
+    quiet window is published at once."""
+    cancel_watch_delay: float = 0.05
+    """Seconds a handler runs before its worker follows the run's ``.end`` subject for a
+    cancel written elsewhere (then it also reads a cancel that came earlier). Short runs
+    end before that and never subscribe."""
     inline_artifact_limit: int = 64 * 1024
     """Artifacts up to this many bytes travel inline; larger ones go to the Object Store."""
     lease_ttl: float = 15.0

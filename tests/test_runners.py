@@ -9,15 +9,18 @@ import contextlib
 import os
 import signal
 
+import pytest
 from storekit import isolated_settings, open_store
 from workerkit import ask, run_history, spawn_worker, stop, wait_terminal
 
 from eventstore.catalog import CommandAsk, CommandAskData, IngestRejected
 from eventstore.codec import Undecodable
 from eventstore.subjects import sys_subject
+from gateway.client import GatewayClient
 
 ECHO = "runners.examples.echo:EchoWorker"
 FLAKY = "runners.examples.flaky:FlakyWorker"
+SHARD = "runners.examples.orchestration:ShardWorker"
 TERMINAL = {"run.completed", "run.failed", "run.cancelled", "run.dead_lettered"}
 
 
@@ -247,3 +250,41 @@ async def test_backoff_replaces_ack_wait_without_redelivering_live_runs(nats_url
         finally:
             if victim.poll() is None:
                 stop(victim)
+
+
+async def test_a_cancel_before_the_end_watch_starts_still_reaches_the_handler(
+    nats_url: str,
+) -> None:
+    # The worker follows a run's .end subject only after cancel_watch_delay (here 1 s);
+    # a cancel written before that is read when the watch starts, not missed.
+    settings = isolated_settings()
+    async with open_store(nats_url, settings) as store:
+        worker = spawn_worker(
+            settings, nats_url, SHARD, "w-watch", cancel_watch_delay="1.0", ack_wait="5"
+        )
+        try:
+            command = ask("shard", "watched", slow_s=30)  # wait_cancelled(30) in the handler
+            await store.append(command)
+            run_id = command.run_id or ""
+            for _ in range(200):
+                if any(e.type == "run.started" for e in await run_history(store, run_id)):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                pytest.fail("the run never started")
+            async with GatewayClient(settings=settings, nats_url=nats_url) as client:
+                await client.cancel_task(run_id, session_id="s1", agent_type="shard")
+            loop = asyncio.get_running_loop()
+            cancelled_at = loop.time()
+            for _ in range(100):  # the woken handler emits its text, then returns
+                events = await run_history(store, run_id)
+                if any(e.type == "message.delta" for e in events):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail(f"the handler never saw the cancel: {[e.type for e in events]}")
+            assert loop.time() - cancelled_at < 3.0
+            ends = [e for e in events if e.type in TERMINAL]
+            assert [e.type for e in ends] == ["run.cancelled"]  # its completion was refused
+        finally:
+            stop(worker)
