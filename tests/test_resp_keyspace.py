@@ -169,7 +169,8 @@ async def test_stream_keys_are_part_of_the_keyspace(adapter: Endpoint) -> None:
 async def test_broker_restart_is_an_error_reply_then_service_resumes(
     killable_nats_server: EmbeddedNatsServer,
 ) -> None:
-    settings = adapter_settings(request_timeout=1.0)
+    # Confirmed writes: the SET made while the broker is away gets the error itself.
+    settings = adapter_settings(request_timeout=1.0, kv_write_behind=False)
     store, server = await start_adapter(killable_nats_server.url, settings)
     client = await RawClient.connect(server.host, server.port)
     try:

@@ -230,19 +230,25 @@ def _clean_text(raw: bytes) -> str | None:
     return None if "\x00" in text else text
 
 
-def _json_safe(raw: bytes) -> str:
+def json_safe(raw: bytes) -> str:
     text = _clean_text(raw)
     return text if text is not None else "base64:" + base64.b64encode(raw).decode()
 
 
+def state_key(target: StreamTarget) -> str:
+    """The ``state.updated`` key of a generic stream: its name, base64 if it holds a
+    NUL (an event body cannot), at most 256 characters."""
+    return json_safe(target.key)[:256] or "-"
+
+
 def _generic(target: StreamTarget, fields: Fields) -> Event:
     # Binary fields are base64 here; the exact bytes are in the header anyway.
-    value = {_json_safe(name): _json_safe(value) for name, value in fields}
+    value = {json_safe(name): json_safe(value) for name, value in fields}
     digest = hashlib.sha256(target.key).hexdigest()[:16]
     return StateUpdated.model_validate(
         {
             "session_id": GENERIC_SESSION,
             "run_id": f"stream-{digest}",
-            "data": {"scope": "global", "key": target.name[:256] or "-", "value": value},
+            "data": {"scope": "global", "key": state_key(target), "value": value},
         }
     )

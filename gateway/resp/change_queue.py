@@ -7,6 +7,11 @@ change's caller then gets the reply its change computed. A revision conflict (an
 adapter wrote the key) re-reads the key and applies the whole batch again, so changes
 must be pure. Three HINCRBY commands and an ``EXPIRE`` of one ``EXEC`` cost one write, and
 64 concurrent increments of one field cost a few.
+
+With write-behind (decision 27) the replies of a batch whose changes need no
+confirmation are released once the batch is decided, before its write is acknowledged;
+the write still goes out, revision-checked, and a write that then fails is reported to
+the connections that made its changes (``write_owner``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ flush_gate: ContextVar[asyncio.Future[None] | None] = ContextVar("flush_gate", d
 gate opens, so the transaction's later changes of that key join the same write."""
 
 
+LostWriteSink = Callable[[bytes, BaseException], None]
+"""Told about a change whose reply was sent early and whose write then failed."""
+
+write_owner: ContextVar[LostWriteSink | None] = ContextVar("write_owner", default=None)
+"""Set by each connection: where a lost early-acknowledged change of it is reported."""
+
+
 @dataclass(slots=True)
 class QueuedChange:
     key: bytes
@@ -34,6 +46,14 @@ class QueuedChange:
     """``StoredValue | None -> Change``, pure (it may run again after a conflict)."""
     replaces_stream: bool
     reply: asyncio.Future[Any]
+    confirm: bool = True
+    """Reply only once the write is acknowledged (compare-and-set style commands)."""
+    on_lost: LostWriteSink | None = None
+    answered_early: bool = False
+    """Its reply was sent before its write was acknowledged (write-behind)."""
+    ahead: int = 0
+    """Decided on the value of a write still in flight (``submit_decided``): the version
+    of the value it made; its reply is already set."""
 
 
 BatchApplier = Callable[[str, list[QueuedChange]], Awaitable[None]]
@@ -51,6 +71,24 @@ class ChangeQueues:
         """Whether a change of ``kv_key`` is queued or being written."""
         return kv_key in self._queues
 
+    def queued(self, kv_key: str) -> bool:
+        """Whether a change of ``kv_key`` waits for the next write (decided or not)."""
+        return bool(self._queues.get(kv_key))
+
+    def waiting(self, kv_key: str) -> bool:
+        """Whether a change of ``kv_key`` is queued and not yet decided."""
+        return any(not item.ahead for item in self._queues.get(kv_key, ()))
+
+    def submit_decided(
+        self, kv_key: str, key: bytes, change: Callable[[Any], Any], reply: Any, version: int
+    ) -> None:
+        """Queue a change already decided (and answered) on the value of the write in
+        flight; it is applied again, in order, on the acknowledged value."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(reply)
+        item = QueuedChange(key, change, False, future, False, write_owner.get(), True, version)
+        self._queue(kv_key).append(item)
+
     def submit(
         self,
         kv_key: str,
@@ -59,9 +97,20 @@ class ChangeQueues:
         *,
         replaces_stream: bool = False,
         announce: bool = True,
+        confirm: bool = True,
     ) -> asyncio.Future[Any]:
-        """Queue ``change``; the future gets its reply (or its error) once written."""
+        """Queue ``change``; the future gets its reply (or its error) once written, or
+        once decided when ``confirm`` is false and the keyspace writes behind."""
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue(kv_key).append(
+            QueuedChange(key, change, replaces_stream, reply, confirm, write_owner.get())
+        )
+        hook = change_queued.get()
+        if announce and hook is not None and not hook.done():
+            hook.set_result(None)
+        return reply
+
+    def _queue(self, kv_key: str) -> list[QueuedChange]:
         queue = self._queues.get(kv_key)
         if queue is None:
             queue = self._queues[kv_key] = []
@@ -69,11 +118,7 @@ class ChangeQueues:
             flusher = asyncio.ensure_future(self._flush(kv_key, flush_gate.get()))
             self._flushers.add(flusher)
             flusher.add_done_callback(self._flushers.discard)
-        queue.append(QueuedChange(key, change, replaces_stream, reply))
-        hook = change_queued.get()
-        if announce and hook is not None and not hook.done():
-            hook.set_result(None)
-        return reply
+        return queue
 
     async def _flush(self, kv_key: str, gate: asyncio.Future[None] | None) -> None:
         if gate is not None:
@@ -97,10 +142,25 @@ class ChangeQueues:
     @staticmethod
     def _fail(batch: list[QueuedChange], exc: BaseException) -> None:
         for item in batch:
-            if not item.reply.done():
+            if item.answered_early:
+                if item.on_lost is not None:
+                    item.on_lost(item.key, exc)  # answered, then not stored: reported
+            elif not item.reply.done():
                 item.reply.set_exception(exc)
 
-    async def close(self) -> None:
+    async def drained(self) -> None:
+        """Return once every change queued so far is written (or has failed): commands
+        that ask the server about the whole bucket (KEYS, SCAN, DBSIZE, FLUSHDB) must
+        not miss, or outlive, a write answered early."""
+        flushers = [flusher for flusher in self._flushers if not flusher.done()]
+        if flushers:
+            await asyncio.wait(flushers)
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop the flushers; ``grace`` seconds first let queued writes finish (writes
+        behind whose replies were already sent)."""
+        if self._flushers and grace > 0:
+            await asyncio.wait(list(self._flushers), timeout=grace)
         for flusher in list(self._flushers):
             flusher.cancel()
         for flusher in list(self._flushers):
@@ -108,4 +168,11 @@ class ChangeQueues:
                 await flusher
 
 
-__all__ = ["BatchApplier", "ChangeQueues", "QueuedChange", "change_queued"]
+__all__ = [
+    "BatchApplier",
+    "ChangeQueues",
+    "LostWriteSink",
+    "QueuedChange",
+    "change_queued",
+    "write_owner",
+]

@@ -57,7 +57,7 @@ async def hsetnx(conn: Connection, args: list[bytes]) -> Reply:
         fields[field] = value
         return Change(StoredValue("hash", fields, current.expire_at_ms if current else None), 1)
 
-    return await conn.server.keyspace.mutate(conn.db, key, apply)
+    return await conn.server.keyspace.mutate(conn.db, key, apply, confirm=True)  # set-if-absent
 
 
 @command("HGET", 3)

@@ -72,7 +72,8 @@ async def _pop(conn: Connection, key: bytes, left: bool) -> Reply:
         item = items.pop(0 if left else -1)
         return Change(StoredValue("list", items, current.expire_at_ms) if items else None, item)
 
-    return await conn.server.keyspace.mutate(conn.db, key, apply)
+    # A popped item is handed out once its removal is stored: never twice.
+    return await conn.server.keyspace.mutate(conn.db, key, apply, confirm=True)
 
 
 @command("LPOP", 2, write=True)

@@ -33,7 +33,8 @@ async def _run(conn: Connection, sha: str, args: list[bytes]) -> Reply:
     if len(keys) != 1:
         raise CommandError(f"ERR by-framework lease script {sha} takes 1 key, got {len(keys)}")
     change = lease_change(sha, argv)
-    return await conn.server.keyspace.mutate(conn.db, keys[0], change)
+    # The lease scripts are compare-and-set: a lease is granted once it is stored.
+    return await conn.server.keyspace.mutate(conn.db, keys[0], change, confirm=True)
 
 
 @command("EVAL", -3, write=True)

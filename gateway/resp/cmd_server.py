@@ -68,6 +68,10 @@ def _stats_section(conn: Connection) -> list[str]:
         # queued changes of one key share a write).
         f"jetledger_kv_reads:{keyspace.kv.reads}",
         f"jetledger_kv_writes:{keyspace.kv.writes}",
+        # Write-behind: replies sent before their write was acknowledged, and writes
+        # that failed after such a reply (each reported to its client).
+        f"jetledger_kv_early_replies:{keyspace.early_replies}",
+        f"jetledger_kv_lost_writes:{keyspace.lost_writes}",
         f"jetledger_stream_appends:{server.streams.appends}",
         "",
     ]

@@ -102,9 +102,16 @@ async def xadd(conn: Connection, args: list[bytes]) -> Reply:
     return entry_id(await streams.add(request.key, request.fields))
 
 
-async def xadd_pipelined(conn: Connection, commands: list[list[bytes]]) -> list[Reply]:
+async def xadd_pipelined(
+    conn: Connection,
+    commands: list[list[bytes]],
+    *,
+    after: asyncio.Future[None] | None = None,
+    published: asyncio.Future[None] | None = None,
+) -> list[Reply]:
     """Consecutive XADD commands a client pipelined, appended together (one reply each,
-    in order; a refused one gets its own error and the others go on)."""
+    in order; a refused one gets its own error and the others go on). ``after`` and
+    ``published``: see :meth:`StreamSpace.add_many`."""
     streams = streams_of(conn)
     replies: list[Reply] = []
     accepted: list[tuple[int, XaddRequest]] = []
@@ -124,7 +131,11 @@ async def xadd_pipelined(conn: Connection, commands: list[list[bytes]]) -> list[
             continue
         accepted.append((len(replies), request))
         replies.append(None)
-    outcomes = await streams.add_many([(request.key, request.fields) for _, request in accepted])
+    outcomes = await streams.add_many(
+        [(request.key, request.fields) for _, request in accepted],
+        after=after,
+        published=published,
+    )
     for (index, _), outcome in zip(accepted, outcomes, strict=True):
         replies[index] = (
             ErrorReply(outcome.message) if isinstance(outcome, CommandError) else entry_id(outcome)

@@ -72,7 +72,11 @@ async def set_value(conn: Connection, key: bytes, value: bytes, options: SetOpti
 
     if options.get and await conn.server.keyspace.is_stream(key):
         raise CommandError(WRONGTYPE)
-    return await conn.server.keyspace.mutate(conn.db, key, apply, replaces_stream=True)
+    # A condition or GET makes SET a compare-and-set: answered once stored.
+    confirm = options.condition is not None or options.get
+    return await conn.server.keyspace.mutate(
+        conn.db, key, apply, replaces_stream=True, confirm=confirm
+    )
 
 
 @command("SET", -3, write=True)
@@ -118,7 +122,7 @@ async def getdel(conn: Connection, args: list[bytes]) -> Reply:
             return Change(UNCHANGED, None)
         return Change(None, current.of_kind("string"))
 
-    return await conn.server.keyspace.mutate(conn.db, args[0], apply)
+    return await conn.server.keyspace.mutate(conn.db, args[0], apply, confirm=True)
 
 
 async def _incr(conn: Connection, key: bytes, delta: int) -> Reply:
@@ -134,7 +138,8 @@ async def _incr(conn: Connection, key: bytes, delta: int) -> Reply:
             raise CommandError("ERR increment or decrement would overflow")
         return Change(StoredValue("string", str(result).encode(), expire_at), result)
 
-    return await conn.server.keyspace.mutate(conn.db, key, apply)
+    # Counters hand out numbers (ids, tickets): a number is given once it is stored.
+    return await conn.server.keyspace.mutate(conn.db, key, apply, confirm=True)
 
 
 @command("INCR", 2, write=True)

@@ -24,6 +24,24 @@ if TYPE_CHECKING:
     from gateway.resp.connection import Connection
 
 EXECABORT = "EXECABORT Transaction discarded because of previous errors."
+QUEUE_FIRST = frozenset(
+    {
+        "HSET",
+        "HMSET",
+        "HINCRBY",
+        "HDEL",
+        "EXPIRE",
+        "PEXPIRE",
+        "ZADD",
+        "ZREM",
+        "SADD",
+        "SREM",
+        "RPUSH",
+        "LPUSH",
+    }
+)
+"""Commands whose handler queues its change before it first waits (or decides it at
+once): consecutive ones are started together (``_start_together``)."""
 RUN_ALONE = frozenset({"DEL", "UNLINK"})
 """Commands that change several keys one after the other (or a stream after a key):
 the next command waits until they are done."""
@@ -62,26 +80,66 @@ async def run_queue(conn: Connection, commands: list[tuple[CommandSpec, list[byt
     gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     running: list[asyncio.Task[Reply]] = []
     try:
-        for spec, args in commands:
+        index = 0
+        while index < len(commands):
+            spec = commands[index][0]
+            if spec.name in QUEUE_FIRST:
+                run = [commands[index]]
+                while index + len(run) < len(commands) and (
+                    commands[index + len(run)][0].name in QUEUE_FIRST
+                ):
+                    run.append(commands[index + len(run)])
+                index += len(run)
+                await _start_together(conn, run, gate, running)
+                continue
+            index += 1
             if spec.name in RUN_ALONE and running:
                 _open(gate)
                 await asyncio.wait(running)  # nothing earlier may still be changing its keys
-            queued: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            context = contextvars.copy_context()
-            context.run(change_queued.set, queued)
-            context.run(flush_gate.set, gate)
-            task = asyncio.create_task(conn.run(spec, args), context=context)
+            task, queued = _start(conn, spec, commands[index - 1][1], gate)
             running.append(task)
             await asyncio.sleep(0)  # one turn: the task runs up to its first wait
-            if not (queued.done() or task.done()):
-                # It waits for I/O (or for a held write): hold nothing back any more.
-                _open(gate)
-                await asyncio.wait((task, queued), return_when=asyncio.FIRST_COMPLETED)
+            await _until_queued(gate, [(task, queued)])
             if spec.name in RUN_ALONE:
                 await task
     finally:
         _open(gate)
     return [await task for task in running]
+
+
+def _start(
+    conn: Connection, spec: CommandSpec, args: list[bytes], gate: asyncio.Future[None]
+) -> tuple[asyncio.Task[Reply], asyncio.Future[None]]:
+    queued: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    context = contextvars.copy_context()
+    context.run(change_queued.set, queued)
+    context.run(flush_gate.set, gate)
+    return asyncio.create_task(conn.run(spec, args), context=context), queued
+
+
+async def _start_together(
+    conn: Connection,
+    run: list[tuple[CommandSpec, list[bytes]]],
+    gate: asyncio.Future[None],
+    running: list[asyncio.Task[Reply]],
+) -> None:
+    """Start a run of commands that queue their change in their first step: the loop
+    runs their first steps in the order they were created, all in one turn, so their
+    changes still queue in command order (one turn, not one per command)."""
+    started = [_start(conn, spec, args, gate) for spec, args in run]
+    running.extend(task for task, _ in started)
+    await asyncio.sleep(0)
+    await _until_queued(gate, started)
+
+
+async def _until_queued(
+    gate: asyncio.Future[None], started: list[tuple[asyncio.Task[Reply], asyncio.Future[None]]]
+) -> None:
+    for task, queued in started:
+        if not (queued.done() or task.done()):
+            # It waits for I/O (or for a held write): hold nothing back any more.
+            _open(gate)
+            await asyncio.wait((task, queued), return_when=asyncio.FIRST_COMPLETED)
 
 
 @command("DISCARD", 1, no_transaction=True)

@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from nats.errors import Error as NatsError
 
 from eventstore.errors import EventStoreError
+from gateway.resp.change_queue import write_owner
 from gateway.resp.cmd_streams import xadd_pipelined
 from gateway.resp.protocol import ParserLimits, ProtocolError, RequestParser, encode
 from gateway.resp.registry import COMMANDS, CommandSpec
@@ -34,6 +36,10 @@ NOAUTH = "NOAUTH Authentication required."
 # Commands a client may send before AUTH (Redis lets these through too).
 NO_AUTH_NEEDED = frozenset({"AUTH", "HELLO", "QUIT"})
 XADD_MIN_WORDS = 5
+MAY_BLOCK = frozenset({b"XREAD", b"XREADGROUP"})
+"""Commands that may wait for a long time: replies held back are sent before them."""
+OUTPUT_FLUSH_BYTES = 64 * 1024
+"""Held-back replies are sent once they reach this size."""
 
 
 @dataclass(slots=True)
@@ -88,6 +94,18 @@ class Connection:
         self._carried: list[bytes] | None = None
         """A command read while gathering pipelined XADDs, run next."""
         self._carried_error: ProtocolError | None = None
+        self._output: list[bytes] = []
+        """Encoded replies not yet handed to the transport (see ``_write_all``)."""
+        self._output_size = 0
+        self._appending: deque[tuple[asyncio.Task[list[Reply]], int]] = deque()
+        """Groups of pipelined XADDs in flight (their replies not yet written), oldest
+        first, with their sizes."""
+        self._appending_entries = 0
+        self._published: asyncio.Future[None] | None = None
+        """Set once the newest group in flight has published all its entries."""
+        self._lost_writes: list[str] = []
+        """Writes of this client answered early and then not stored: the next command
+        answers with the error instead of running (see ``note_lost_write``)."""
 
     @property
     def in_transaction(self) -> bool:
@@ -103,13 +121,28 @@ class Connection:
         self.authenticated = value
         self._parser.authenticated = value
 
+    def note_lost_write(self, key: bytes, exc: BaseException) -> None:
+        """A change of this client was answered early and its write then failed."""
+        cause = exc.message if isinstance(exc, CommandError) else type(exc).__name__
+        log.error("write-behind of key %r from %s failed: %r", key, self.peer, exc)
+        shown = key[:128].decode("utf-8", "replace")
+        self._lost_writes.append(
+            f"ERR jetledger redis: a write to '{shown}' was answered before JetStream "
+            f"stored it and then failed ({cause}); it may be lost. This command was not run"
+        )
+
     async def serve(self) -> None:
         """Serve until the client quits, disconnects or breaks the protocol."""
+        # Each connection runs in a task of its own: changes it queues report here.
+        write_owner.set(self.note_lost_write)
         reading = asyncio.create_task(self._read_loop(), name=f"resp-read-{self.client_id}")
         try:
             await self._command_loop()
         finally:
             self.closed.set()
+            for task, _ in self._appending:  # the client is gone: they finish on their own
+                task.add_done_callback(_forget)
+            self._flush_output()
             reading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reading
@@ -154,9 +187,15 @@ class Connection:
             try:
                 words = self._next_command()
             except ProtocolError as exc:
+                await self._finish_appends()  # the replies of what came before go first
                 self._write(ErrorReply(f"ERR {exc.message}"))
+                self._flush_output()
                 return
             if words is None:
+                if self._appending:
+                    await self._finish_appends()
+                    continue  # more input may have come meanwhile
+                self._flush_output()
                 self._input.clear()
                 self._starved = True
                 self._progress.set()
@@ -168,14 +207,17 @@ class Connection:
                 continue
             self._progress.set()
             if self._pipelined_append(words):
-                replies = await self._append_pipeline(words)
-            else:
-                replies = [await self.execute(words)]
-            self._write_all(replies)
+                await self._append_pipeline(words)
+                continue
+            await self._finish_appends()  # replies in order; later commands see the entries
+            if words[0].upper() in MAY_BLOCK:
+                self._flush_output()  # the client may need them while this one waits
+            self._write_all([await self.execute(words)])
             if self._output_over_limit():
                 self._writer.transport.abort()
                 return
             if self.close_after_reply:
+                self._flush_output()
                 return
 
     def _next_command(self) -> list[bytes] | None:
@@ -192,12 +234,18 @@ class Connection:
         return (
             self.authenticated
             and self.transaction is None
+            and not self._lost_writes
             and len(words) >= XADD_MIN_WORDS
             and words[0].upper() == b"XADD"
         )
 
-    async def _append_pipeline(self, first: list[bytes]) -> list[Reply]:
-        """Take the XADDs already buffered after ``first`` and append them all at once."""
+    async def _append_pipeline(self, first: list[bytes]) -> None:
+        """Take the XADDs already buffered after ``first`` and append them all at once.
+
+        The appends run in a task: while the server stores them and acknowledges, the
+        next XADDs of the pipeline are parsed and published (in order: each group
+        publishes after the one before). Their replies are written in order by
+        :meth:`_finish_appends`, before any other command runs."""
         batch = [first]
         while len(batch) < self.server.settings.max_pipelined_appends:
             try:
@@ -211,31 +259,73 @@ class Connection:
                 self._carried = words
                 break
             batch.append(words)
-        if len(batch) == 1:
-            return [await self.execute(first)]
+        if self._appending and any(_has_options(words) for words in batch):
+            await self._finish_appends()  # NOMKSTREAM must see earlier entries stored
+        if len(batch) == 1 and not self._appending:
+            self._write_all([await self.execute(first)])
+            return
+        published: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._append_group(batch, self._published, published))
+        self._published = published
+        self._appending.append((task, len(batch)))
+        self._appending_entries += len(batch)
+        while self._appending_entries > self.server.settings.max_pipelined_appends:
+            await self._finish_appends(oldest_only=True)  # bounds memory per client
+
+    async def _append_group(
+        self,
+        batch: list[list[bytes]],
+        after: asyncio.Future[None] | None,
+        published: asyncio.Future[None],
+    ) -> list[Reply]:
         self.server.total_commands += len(batch)
         started = time.perf_counter()
         try:
-            return await xadd_pipelined(self, [words[1:] for words in batch])
+            return await xadd_pipelined(
+                self, [words[1:] for words in batch], after=after, published=published
+            )
         except (NatsError, EventStoreError, TimeoutError) as exc:
             log.warning("pipelined XADD from %s: JetStream unavailable: %r", self.peer, exc)
             return [unavailable(exc)] * len(batch)
         finally:
+            if not published.done():
+                published.set_result(None)
             elapsed = (time.perf_counter() - started) / len(batch)
             for _ in batch:
                 self.server.command_stats.record("XADD", elapsed)
 
+    async def _finish_appends(self, *, oldest_only: bool = False) -> None:
+        """Wait for appends in flight, oldest first, and queue their replies."""
+        while self._appending:
+            task, size = self._appending[0]
+            replies = await task
+            self._appending.popleft()
+            self._appending_entries -= size
+            self._write_all(replies)
+            if oldest_only:
+                return
+
     def _write(self, reply: Reply) -> None:
-        if not self._writer.is_closing():
-            self._writer.write(encode(reply, self.protocol))
+        self._write_all([reply])
 
     def _write_all(self, replies: list[Reply]) -> None:
-        # One write (one send) for a pipeline's replies, not one per reply.
-        if not self._writer.is_closing():
-            self._writer.write(b"".join([encode(reply, self.protocol) for reply in replies]))
+        # Replies wait in ``_output`` while more commands of the same pipeline are
+        # buffered, as in Redis: one send per pipeline instead of one per reply (a send
+        # on loopback costs tens of microseconds of CPU, more than most commands).
+        for reply in replies:
+            self._output.append(encode(reply, self.protocol))
+            self._output_size += len(self._output[-1])
+        if self._output_size >= OUTPUT_FLUSH_BYTES:
+            self._flush_output()
+
+    def _flush_output(self) -> None:
+        if self._output and not self._writer.is_closing():
+            self._writer.write(b"".join(self._output))
+        self._output.clear()
+        self._output_size = 0
 
     def _output_over_limit(self) -> bool:
-        size = self._writer.transport.get_write_buffer_size()
+        size = self._writer.transport.get_write_buffer_size() + self._output_size
         if size > self.server.settings.max_output_buffer:
             log.warning("closing client %s: %d bytes of replies unread", self.peer, size)
             return True
@@ -250,6 +340,10 @@ class Connection:
         name = words[0].decode("utf-8", "replace").upper()
         spec = COMMANDS.get(name)
         self.server.total_commands += 1
+        if self._lost_writes:
+            if self.transaction is not None:
+                self.transaction.dirty = True  # EXEC aborts, as after any refused command
+            return ErrorReply(self._lost_writes.pop(0))
         refusal = self._refusal(name, spec, words)
         if refusal is not None:
             if self.transaction is not None:
@@ -306,6 +400,17 @@ class Connection:
         except Exception:  # the connection must outlive any handler bug
             log.exception("RESP command %s from %s failed", spec.name, self.peer)
             return ErrorReply(f"ERR internal error in {spec.name.lower()}; see the adapter log")
+
+
+def _forget(task: asyncio.Task[list[Reply]]) -> None:
+    # Appends of a client that went away: nobody reads their replies or errors.
+    if not task.cancelled():
+        task.exception()
+
+
+def _has_options(words: list[bytes]) -> bool:
+    """An XADD with options (NOMKSTREAM, MAXLEN...) before its id."""
+    return len(words) > 2 and words[2] != b"*"
 
 
 def unavailable(exc: BaseException) -> ErrorReply:

@@ -7,6 +7,12 @@ import re
 from gateway.resp.replies import CommandError
 
 _PLAIN = re.compile(rb"[A-Za-z0-9_-]")
+_COMMON = re.compile(rb"[A-Za-z0-9_:-]+")
+_TOKEN = [
+    chr(byte) if _PLAIN.match(bytes([byte])) else "/" if byte == ord(":") else f"={byte:02X}"
+    for byte in range(256)
+]
+"""What each byte becomes in a token."""
 MAX_ENCODED_KEY = 1000
 """Longest encoded key (NATS subjects stay well below the server's limits)."""
 
@@ -19,16 +25,10 @@ def encode_key(key: bytes) -> str:
     """
     if not key:
         return "="
-    out = []
-    for byte in key:
-        char = bytes([byte])
-        if _PLAIN.match(char):
-            out.append(chr(byte))
-        elif byte == ord(":"):
-            out.append("/")
-        else:
-            out.append(f"={byte:02X}")
-    encoded = "".join(out)
+    if _COMMON.fullmatch(key):  # every key by-framework writes: no byte to escape
+        encoded = key.decode("ascii").replace(":", "/")
+    else:
+        encoded = "".join([_TOKEN[byte] for byte in key])
     if len(encoded) > MAX_ENCODED_KEY:
         raise CommandError(
             f"ERR key too long for jetledger redis ({len(key)} bytes; "

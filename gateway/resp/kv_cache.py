@@ -19,6 +19,7 @@ PING round trip first (see docs/decisions.md).
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import OrderedDict
 
@@ -62,6 +63,8 @@ class KVCache:
         self._next_sync: asyncio.Future[None] | None = None
         self.hits = 0
         self.misses = 0
+        self._foreign_at = -float("inf")
+        """``time.monotonic()`` of the last write of another adapter seen here."""
 
     async def start(self) -> None:
         self._subscriptions = [
@@ -89,6 +92,7 @@ class KVCache:
         self.clear()
 
     def _drop_foreign(self, key: str) -> None:
+        self._foreign_at = time.monotonic()
         self._epoch += 1
         self._records.pop(key, None)
         self._dropped_at[key] = self._epoch
@@ -96,6 +100,10 @@ class KVCache:
         while len(self._dropped_at) > 4 * self._size:
             _, epoch = self._dropped_at.popitem(last=False)
             self._forgotten_upto = max(self._forgotten_upto, epoch)
+
+    def alone_for(self, seconds: float) -> bool:
+        """Whether no other adapter's write to the bucket was seen for ``seconds``."""
+        return time.monotonic() - self._foreign_at >= seconds
 
     def clear(self) -> None:
         """Forget everything (FLUSHDB here or elsewhere); reads in flight may not fill."""

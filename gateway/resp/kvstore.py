@@ -9,7 +9,8 @@ read returns the revision to check against, including that of a delete marker.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig
@@ -26,12 +27,15 @@ class RevisionConflict(Exception):
     """Someone else wrote the key since it was read: read again and retry."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KVRecord:
     """The last message of a key: ``body`` is ``None`` for a delete marker."""
 
     body: bytes | None
     revision: int
+    decoded: Any = field(default=None, compare=False, repr=False)
+    """The body's value once decoded (by the keyspace): a cached record is read far
+    more often than it changes, and a big hash is costly to decode every time."""
 
 
 class KVStore:
@@ -74,6 +78,11 @@ class KVStore:
         if headers.get(KV_OPERATION) in ("DEL", "PURGE"):
             return KVRecord(None, int(msg.seq or 0))
         return KVRecord(msg.data or b"", int(msg.seq or 0))
+
+    @property
+    def connected(self) -> bool:
+        """Whether the NATS connection is up (a write now can be stored at all)."""
+        return bool(self._nc.is_connected)
 
     @property
     def max_value_size(self) -> int:

@@ -5,11 +5,23 @@ The parser accepts what ``redis-server`` accepts, multibulk and inline requests,
 refuses what it refuses with the same ``Protocol error: ...`` texts, so a client sees
 no difference. Every length is checked before memory is committed to it: a client
 cannot make the adapter buffer more than the configured limits.
+
+When the ``hiredis`` C extension is installed, runs of complete frames are parsed by
+it, ten times faster than in Python; each frame it returns is accepted only if it is
+exactly the canonical encoding of what it returned (``*n``, then ``$len`` bulk strings,
+within the limits), so anything else (inline commands, other types, odd numbers, a
+frame still arriving) goes through the Python parser, the authority on Redis's texts.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
+
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - the pure-Python parser does everything then
+    hiredis = None  # type: ignore[assignment]
 
 from gateway.resp.replies import ErrorReply, MapReply, NullArray, Reply, SimpleString
 
@@ -56,11 +68,17 @@ class RequestParser:
         self._pending_words: int | None = None
         self._words: list[bytes] = []
         self._bulk_len: int | None = None
+        self._ready: deque[tuple[list[bytes], int]] = deque()
+        """Commands parsed ahead by hiredis, not yet taken, with their frame sizes."""
+        self._ready_bytes = 0
+        self.fast = hiredis is not None
+        """Parse runs of canonical frames with hiredis (tests turn it off)."""
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet consumed (for the query-buffer limit)."""
-        return len(self._buffer) - self._pos + sum(len(word) for word in self._words)
+        pending = len(self._buffer) - self._pos + self._ready_bytes
+        return pending + sum(len(word) for word in self._words)
 
     def feed(self, data: bytes) -> None:
         if self._pos and self._pos > len(self._buffer) // 2:
@@ -73,6 +91,12 @@ class RequestParser:
 
         Empty multibulk frames (``*0``) and blank inline lines are skipped, as Redis does.
         """
+        if not self._ready and self.fast and self.authenticated and self._pending_words is None:
+            self._parse_ahead()
+        if self._ready:
+            words, size = self._ready.popleft()
+            self._ready_bytes -= size
+            return words
         while True:
             if self._pending_words is None:
                 if self._pos >= len(self._buffer):
@@ -95,6 +119,53 @@ class RequestParser:
                 return None
             words, self._words, self._pending_words = self._words, [], None
             return words
+
+    def _parse_ahead(self) -> None:
+        """Take every complete canonical frame at the front of the buffer via hiredis.
+
+        A fresh reader over the unread bytes each time: the Python parser takes over at
+        the first frame this one does not accept, and works through an incomplete frame
+        alone, so no byte is fed twice while a big frame trickles in."""
+        buffer, pos = self._buffer, self._pos
+        if pos >= len(buffer) or buffer[pos] != ord("*"):
+            return
+        reader = hiredis.Reader()
+        reader.feed(buffer, pos, len(buffer) - pos)  # type: ignore[arg-type] # any buffer works
+        max_words, max_bulk = self.limits.max_multibulk_len, self.limits.max_bulk_len
+        while True:
+            try:
+                words = reader.gets()
+            except hiredis.ProtocolError:
+                break
+            if type(words) is not list or len(words) > max_words:
+                break
+            end = self._canonical_end(words, pos, max_bulk)
+            if end < 0:
+                break
+            if words:  # *0 is skipped, as Redis does
+                self._ready.append((words, end - pos))
+                self._ready_bytes += end - pos
+            pos = end
+        self._pos = pos
+
+    def _canonical_end(self, words: list[bytes], pos: int, max_bulk: int) -> int:
+        """Where the frame at ``pos`` ends if it is ``words`` in canonical form, else -1.
+
+        The headers are compared in place; payloads are what hiredis read at the same
+        places, and like Redis neither parser checks the two bytes after a payload."""
+        buffer = self._buffer
+        header = b"*%d\r\n" % len(words)
+        if not buffer.startswith(header, pos):
+            return -1
+        pos += len(header)
+        for word in words:
+            if type(word) is not bytes or len(word) > max_bulk:
+                return -1
+            header = b"$%d\r\n" % len(word)
+            if not buffer.startswith(header, pos):
+                return -1
+            pos += len(header) + len(word) + 2
+        return pos
 
     def _line_end(self, too_long: str) -> int | None:
         end = self._buffer.find(CRLF, self._pos)
@@ -236,6 +307,8 @@ def split_inline(line: bytes) -> list[bytes] | None:  # noqa: PLR0912 - one smal
 
 def encode(reply: Reply, protocol: int = 2) -> bytes:
     """The RESP bytes of one reply (RESP3 when ``protocol`` is 3)."""
+    if type(reply) is bytes:  # the most common reply (XADD ids, GET): no dispatch
+        return b"$%d\r\n%b\r\n" % (len(reply), reply)
     parts: list[bytes] = []
     _encode_into(reply, protocol, parts)
     return b"".join(parts)

@@ -82,6 +82,19 @@ class RespSettings:
     another adapter had acknowledged is never missed (costs a round trip per read; not
     needed with a single adapter per bucket)."""
 
+    kv_write_behind: bool = True
+    """Answer a write once it is decided and in line in its key's change queue (and
+    visible to this adapter's reads), with the JetStream acknowledgement awaited behind
+    the reply, as Redis answers before its disk does. Compare-and-set style commands
+    (SET NX/XX/GET, SETNX, HSETNX, INCR/DECR, GETDEL, pops, the lease scripts, DEL)
+    always wait for the acknowledgement. A write that then fails is reported to the
+    client's next command (decision 27). Off while ``kv_cache_sync`` is set."""
+
+    kv_write_behind_quiet_seconds: float = 30.0
+    """Write-behind pauses while another adapter writes to the same bucket, and resumes
+    once none of its writes was seen for this long: a value decided on this adapter's
+    view could be stale then, so each reply waits for the revision-checked write."""
+
     tombstone_ttl_seconds: int = 1
     """How long a delete marker stays in the KV stream (it only guards compare-and-set)."""
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from gateway.resp.stream_pull import pull_now, pull_one, stream_seq_of
+from gateway.resp.stream_pull import pending_after, pull_now, pull_one, stream_seq_of
 from gateway.resp.stream_reads import Entry, entry_from
 
 if TYPE_CHECKING:
@@ -97,7 +97,10 @@ class ConsumerGroup:
                         break
                 messages = await pull_one(self.nc, self.stream, self.durable, left, timeout)
                 member.seen_at = time.time()
-            if messages and count > 1:
+            # More entries than the one that woke us: take them too (up to COUNT). The
+            # delivery says how many are pending behind it, so the usual single entry
+            # costs no second round trip before the reply.
+            if messages and count > 1 and pending_after(messages[-1]) > 0:
                 messages += await pull_now(self.nc, self.stream, self.durable, count - 1, timeout)
         return [self._deliver(member, msg) for msg in messages]
 

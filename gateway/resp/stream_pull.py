@@ -67,6 +67,11 @@ async def pull_one(
     return await _pull(nc, _next_subject(stream, durable), request, 1, expires + timeout)
 
 
+def pending_after(msg: Msg) -> int:
+    """How many messages the consumer had left to deliver after this one."""
+    return int(msg.metadata.num_pending or 0)
+
+
 def stream_seq_of(msg: Msg) -> tuple[int, int]:
     """(stream sequence, delivery count) from the ack subject of a pulled message."""
     meta = msg.metadata
