@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncGenerator
 from datetime import datetime
 
-from eventstore.codec import decode
+from eventstore.codec import decode_stored
 from eventstore.connection import ConnectOptions
 from eventstore.raw_connection import RawConnection, RawConnectionError, RawMessage
 from eventstore.settings import StoreSettings
@@ -59,18 +59,11 @@ def _record(
     seq = int(fields[b"Nats-Sequence"])
     subject = fields.get(b"Nats-Subject", b"").decode()
     stamp = fields.get(b"Nats-Time-Stamp", b"")
-    return StoredRecord(
-        seq,
-        subject,
-        decode(
-            message.payload,
-            seq=seq,
-            subject=subject,
-            # parsed only for a body without its own time (rare): most never need it
-            stored_at=lambda: _stamp(stamp),
-            max_size=settings.max_msg_size,
-        ),
+    # the server stamp is parsed only for a body without its own time (rare)
+    item = decode_stored(
+        message.payload, seq, subject, lambda: _stamp(stamp), settings.max_msg_size
     )
+    return StoredRecord(seq, subject, item)
 
 
 async def read_bulk(
@@ -127,7 +120,7 @@ async def read_bulk_batches(
                 if connection is None:
                     connection = await _connect(options, inbox)
                 count = 0
-                async for records in _one_batch(
+                async for records, last_seq in _one_batch(
                     connection,
                     settings,
                     inbox=inbox,
@@ -136,14 +129,10 @@ async def read_bulk_batches(
                     batch=batch,
                     until_seq=until_seq,
                 ):
-                    count += len(records)
-                    next_seq = records[-1].seq + 1
-                    if until_seq is not None and records[-1].seq > until_seq:
-                        wanted = [record for record in records if record.seq <= until_seq]
-                        if wanted:
-                            yield wanted
-                        return
-                    yield records
+                    count += 1
+                    next_seq = last_seq + 1
+                    if records:
+                        yield records
                 failures = 0
             except RawConnectionError as exc:
                 failures += 1
@@ -180,30 +169,47 @@ async def _one_batch(
     subject_filter: str | None,
     batch: int,
     until_seq: int | None,
-) -> AsyncGenerator[list[StoredRecord]]:
+) -> AsyncGenerator[tuple[list[StoredRecord], int]]:
+    """One direct get: ``(records, last sequence received)`` as messages arrive. The
+    records may be empty when every message received was outside the log's subjects."""
     if until_seq is not None:
         batch = max(1, min(batch, until_seq - from_seq + 1))
-    request = {
-        "seq": from_seq,
-        "batch": batch,
-        "next_by_subj": subject_filter or settings.subjects_wildcard,
-    }
+    request: dict[str, object] = {"seq": from_seq, "batch": batch}
+    # Without a filter the server walks the stream in order; with the stream-wide wildcard
+    # it matches every message against it, which cost it 3x the CPU (24 vs 8 us a message
+    # here). The log's subjects are then checked here instead: the stream also holds
+    # timer schedules (``<root>_timers.>``) that no reader of the log may see.
+    own_prefix = None if subject_filter else f"{settings.root}.".encode()
+    if subject_filter:
+        request["next_by_subj"] = subject_filter
     await connection.publish(
         f"$JS.API.DIRECT.GET.{settings.stream}", json.dumps(request).encode(), inbox
     )
+    last_seq = 0
     while True:
         records: list[StoredRecord] = []
+        received = False
         for message in await connection.messages(settings.request_timeout):
             status, fields = _headers(message.headers)
             if status in (STATUS_EOB, STATUS_NOT_FOUND):
-                if records:
-                    yield records
-                return
+                break
             if status:
                 raise RawConnectionError(f"direct get answered {message.headers[:80]!r}")
-            records.append(_record(message, fields, settings))
-        if records:
-            yield records
+            seq = int(fields[b"Nats-Sequence"])
+            if until_seq is not None and seq > until_seq:
+                # A filtered read can pass the end: nothing up to it is left to read.
+                received, last_seq = True, until_seq
+                break
+            received, last_seq = True, seq
+            if own_prefix is None or fields.get(b"Nats-Subject", b"").startswith(own_prefix):
+                records.append(_record(message, fields, settings))
+        else:
+            if received:
+                yield records, last_seq
+            continue
+        if received:
+            yield records, last_seq
+        return
 
 
 __all__ = ["read_bulk", "read_bulk_batches"]

@@ -97,6 +97,10 @@ class DuckDbReadModel:
         self.read_only = read_only
         self._executor: ThreadPoolExecutor | None = None
         self._database: DuckDbDatabase | None = None
+        # Batch loads go through a second connection in a thread of their own, so the
+        # projector can load (and fold) batch N+1 while batch N commits in the first one.
+        self._loader: ThreadPoolExecutor | None = None
+        self._load_database: DuckDbDatabase | None = None
 
     async def start(self) -> None:
         if self._database is not None:
@@ -104,22 +108,34 @@ class DuckDbReadModel:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"duckdb-{self.namespace}")
         opening = executor.submit(self._open)
         try:
-            self._database = await asyncio.wrap_future(opening)
+            database, load_database = await asyncio.wrap_future(opening)
         except BaseException:
             # Cancelled mid-open, the open still completes in the worker: close what it
             # opened there (jobs run in order) so the file lock is not left behind.
             executor.submit(_close_opened, opening)
             executor.shutdown(wait=False)
             raise
+        self._database, self._load_database = database, load_database
         self._executor = executor
+        self._loader = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"duckdb-{self.namespace}-load"
+        )
 
     async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        load_database, loader = self._load_database, self._loader
+        self._load_database = self._loader = None
+        if load_database is not None and loader is not None:
+            try:
+                await loop.run_in_executor(loader, load_database.close)
+            finally:
+                loader.shutdown(wait=False)
         database, executor = self._database, self._executor
         self._database = self._executor = None
         if database is None or executor is None:
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, database.close)
+            await loop.run_in_executor(executor, database.close)
         finally:
             executor.shutdown(wait=False)  # its last job is done: the thread just exits
 
@@ -127,7 +143,12 @@ class DuckDbReadModel:
         return await self._call(lambda db: db.checkpoint())
 
     async def load(self, keys: BatchKeys) -> Snapshot:
-        return await self._call(lambda db: db.load(keys))
+        database, loader = self._load_database, self._loader
+        if database is None or loader is None:
+            raise ReadModelNotStartedError(
+                f"DuckDB read model {self.path!r} is not open: await start() first"
+            )
+        return await asyncio.get_running_loop().run_in_executor(loader, database.load, keys)
 
     async def commit(self, changes: Changes) -> None:
         self._refuse_writes("commit")
@@ -220,11 +241,17 @@ class DuckDbReadModel:
 
     # ----------------------------------------------------------- plumbing
 
-    def _open(self) -> DuckDbDatabase:
-        """Runs in the worker thread, which then owns the connection."""
-        return DuckDbDatabase.open(
+    def _open(self) -> tuple[DuckDbDatabase, DuckDbDatabase]:
+        """Runs in the worker thread, which then owns the connection; the second
+        connection, for batch loads, is used by the load thread only."""
+        database = DuckDbDatabase.open(
             self.path, self.namespace, self.schema_version, read_only=self.read_only
         )
+        try:
+            return database, database.sibling()
+        except BaseException:
+            database.close()
+            raise
 
     async def _call(self, job: Callable[[DuckDbDatabase], T]) -> T:
         database, executor = self._database, self._executor
@@ -242,9 +269,10 @@ class DuckDbReadModel:
             )
 
 
-def _close_opened(opening: Future[DuckDbDatabase]) -> None:
+def _close_opened(opening: Future[tuple[DuckDbDatabase, DuckDbDatabase]]) -> None:
     if not opening.cancelled() and opening.exception() is None:
-        opening.result().close()
+        for database in reversed(opening.result()):
+            database.close()
 
 
 __all__ = [

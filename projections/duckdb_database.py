@@ -90,6 +90,11 @@ class DuckDbDatabase:
     def close(self) -> None:
         self.connection.close()
 
+    def sibling(self) -> DuckDbDatabase:
+        """The same tables through a second connection to this database (DuckDB's
+        ``cursor()``), for another thread: it sees every committed write."""
+        return DuckDbDatabase(self.connection.cursor(), self.namespace, self.schema_version)
+
     def table_name(self, table: str, version: int | None = None) -> str:
         """Unquoted name of ``table`` at ``version`` (default: this schema version)."""
         return f"{self.namespace}_v{self.schema_version if version is None else version}_{table}"

@@ -16,8 +16,9 @@ from typing import Any
 
 from eventstore.store import EventStore
 from eventstore.types import StoredRecord
-from projections.contract import ReadModelBackend
+from projections.contract import Changes, ReadModelBackend
 from projections.fold import fold, keys_for
+from projections.overlay import overlay
 
 log = logging.getLogger(__name__)
 
@@ -108,22 +109,27 @@ class Projector:
         batcher = _Batcher(queue, self.settings)
         reader = asyncio.create_task(self._read_into(source, queue))
         stopper = asyncio.create_task(stop.wait()) if stop is not None else None
+        # The commit of the previous batch, running while the next one is folded.
+        committing: _Commit | None = None
         try:
             while True:
                 batch = await batcher.next(stopper)
                 if batch:
-                    await self._apply(batch)
+                    committing = await self._fold_and_commit(batch, committing)
                 if batch is None:
                     failure = (
                         reader.exception() if reader.done() and not reader.cancelled() else None
                     )
                     if failure is not None:
                         raise failure
-                    return
+                    break
                 if stopper is not None and stopper.done():
-                    return
+                    break
+            if committing is not None:
+                await committing.task  # a clean end leaves nothing half-applied
         finally:
-            for task in (reader, stopper):
+            tasks = [reader, stopper, committing.task if committing is not None else None]
+            for task in tasks:
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -141,20 +147,43 @@ class Projector:
         finally:
             await queue.put(None)  # end of a bounded read, or the reader failed
 
-    async def _apply(self, batch: list[StoredRecord]) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        snapshot = await self.backend.load(keys_for(batch))
+    async def _fold_and_commit(
+        self, batch: list[StoredRecord], previous: _Commit | None
+    ) -> _Commit:
+        """Fold ``batch`` while ``previous`` commits, then start its own commit.
+
+        Commits stay strictly in order: this one starts only after ``previous`` ended
+        (and raises its error, if any); the rows ``previous`` writes are laid over what
+        the load found (:func:`~projections.overlay.overlay`).
+        """
+        started = asyncio.get_running_loop().time()
+        keys = keys_for(batch)
+        snapshot = await self.backend.load(keys)
+        if previous is not None:
+            overlay(snapshot, keys, previous.changes)
         changes = fold(batch, snapshot)
+        if previous is not None:
+            await previous.task
+        task = asyncio.create_task(self._commit(batch, changes, started))
+        return _Commit(changes, task)
+
+    async def _commit(self, batch: list[StoredRecord], changes: Changes, started: float) -> None:
         await self.backend.commit(changes)
         async with self._progress:
             self.checkpoint = changes.last_seq
             self.stream_last_seq = max(self.stream_last_seq, changes.last_seq)
             self._progress.notify_all()
         if self.on_batch is not None:
-            self.on_batch(
-                BatchApplied(batch[0].seq, batch[-1].seq, len(batch), loop.time() - started)
-            )
+            elapsed = asyncio.get_running_loop().time() - started
+            self.on_batch(BatchApplied(batch[0].seq, batch[-1].seq, len(batch), elapsed))
+
+
+@dataclass(frozen=True, slots=True)
+class _Commit:
+    """A folded batch whose write is under way."""
+
+    changes: Changes
+    task: asyncio.Task[None]
 
 
 class _Batcher:

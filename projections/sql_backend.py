@@ -43,6 +43,7 @@ from projections.sql_schema import (
     meta_table_name,
 )
 from projections.sql_writes import BulkWriter, copy_rows
+from projections.sqlite_process import CheckpointNotAdvancedError, SqliteWriterProcess
 
 DEFAULT_URL = "sqlite+aiosqlite:///./.jetledger/readmodel.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -99,6 +100,7 @@ class SqlReadModel(SqlQueries):
         self._tables = build_tables(self._metadata, namespace, schema_version)
         self._dialect_insert = sqlite.insert if backend == "sqlite" else postgresql.insert
         self._engine: AsyncEngine | None = None
+        self._sqlite_writer: SqliteWriterProcess | None = None
         self._writers: dict[str, BulkWriter] = {}
         self._loaders: dict[str, KeyLoader] = {}
 
@@ -132,6 +134,9 @@ class SqlReadModel(SqlQueries):
             )
 
     async def close(self) -> None:
+        if self._sqlite_writer is not None:
+            writer, self._sqlite_writer = self._sqlite_writer, None
+            await writer.close()
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await engine.dispose()
@@ -185,6 +190,14 @@ class SqlReadModel(SqlQueries):
         # Parameters are built before the transaction opens: the write lock is held
         # only for the statements themselves.
         inserts, upserts = self._writes(changes)
+        sqlite_writer = self._sqlite_file_writer()
+        if sqlite_writer is not None:
+            writes = [(self._writer(table).sql, params) for table, params in inserts + upserts]
+            try:
+                await sqlite_writer.commit(changes.last_seq, writes)
+            except CheckpointNotAdvancedError as refused:
+                raise self._checkpoint_error(refused.current, changes.last_seq) from None
+            return
         async with self.engine.begin() as conn:
             # first: it opens the transaction and serializes racing projectors
             await self._advance_checkpoint(conn, changes.last_seq)
@@ -195,6 +208,24 @@ class SqlReadModel(SqlQueries):
                     await conn.exec_driver_sql(self._writer(table_name).sql, params)
             for table_name, params in upserts:
                 await conn.exec_driver_sql(self._writer(table_name).sql, params)
+
+    def _sqlite_file_writer(self) -> SqliteWriterProcess | None:
+        """The write process (:mod:`projections.sqlite_process`) of a SQLite file; an
+        in-memory database is private to its connection and keeps the SQLAlchemy path."""
+        if self._sqlite_writer is not None or self.name != "sqlite":
+            return self._sqlite_writer
+        database = self._url.database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        quote = self.engine.dialect.identifier_preparer.quote
+        checkpoint = quote(self._tables[CHECKPOINT].name)
+        self._sqlite_writer = SqliteWriterProcess(
+            str(Path(database).resolve()),
+            list(_SQLITE_PRAGMAS),
+            advance=f"UPDATE {checkpoint} SET seq = ? WHERE id = 1 AND seq < ?",
+            current=f"SELECT seq FROM {checkpoint} WHERE id = 1",
+        )
+        return self._sqlite_writer
 
     def _writes(self, changes: Changes) -> tuple[list[_Write], list[_Write]]:
         inserts: list[_Write] = []
@@ -224,13 +255,16 @@ class SqlReadModel(SqlQueries):
             update(table).where(table.c.id == 1, table.c.seq < seq).values(seq=seq)
         )
         if moved.rowcount != 1:
-            current = await self._checkpoint(conn)
-            if current is None:
-                raise ValueError(f"checkpoint of {table.name} is missing: call start() first")
-            raise ValueError(
-                f"checkpoint of {table.name} already at {current}, cannot move it to {seq}: "
-                "another projector is writing this read model"
-            )
+            raise self._checkpoint_error(await self._checkpoint(conn), seq)
+
+    def _checkpoint_error(self, current: int | None, seq: int) -> ValueError:
+        name = self._tables[CHECKPOINT].name
+        if current is None:
+            return ValueError(f"checkpoint of {name} is missing: call start() first")
+        return ValueError(
+            f"checkpoint of {name} already at {current}, cannot move it to {seq}: "
+            "another projector is writing this read model"
+        )
 
     def _upsert(self, table: Table) -> Insert:
         statement = self._dialect_insert(table)
@@ -298,13 +332,20 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     the same transaction)."""
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
-        cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT_PAGES}")
+        for pragma in _SQLITE_PRAGMAS:
+            cursor.execute(pragma)
     finally:
         cursor.close()
+
+
+_SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+    f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}",
+    f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT_PAGES}",
+)
+"""Every connection's settings, the write process's included."""
 
 
 __all__ = ["DEFAULT_URL", "SqlReadModel"]
