@@ -111,6 +111,10 @@ class PullFeed:
             if self._accepting is not None and not self._accepting.is_set():
                 await self._accepting.wait()  # suspended
                 continue
+            if self._pause:
+                self._pause = False
+                await asyncio.sleep(min(self._expires, 1.0))
+                continue
             wanted = await self._slots.reserve(
                 self._batch, least=lambda: 1 if self.pending == 0 else half
             )
@@ -120,9 +124,6 @@ class PullFeed:
             if self._accepting is not None and not self._accepting.is_set():
                 await self._slots.release(wanted)
                 continue
-            if self._pause:
-                self._pause = False
-                await asyncio.sleep(min(self._expires, 1.0))
             self.pending += wanted
             await self._request(wanted)
 
