@@ -87,6 +87,13 @@ async def run_history(store: EventStore, run_id: str) -> list[Event]:
 
 
 def stop(process: subprocess.Popen[str], timeout: float = 15) -> int:
+    """SIGTERM and wait; a worker still alive after ``timeout`` is killed (so no test
+    leaves one behind) and ``TimeoutExpired`` is raised for the test to see."""
     if process.poll() is None:
         process.terminate()
-    return process.wait(timeout=timeout)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+        raise
