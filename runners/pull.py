@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 STATUS = "Status"
 PENDING_MESSAGES = "Nats-Pending-Messages"
+_NEVER = 1 << 30
+"""A ``least`` no pool reaches: wait for a change instead."""
 REQUEST_GRACE = 1.0
 """Seconds past a request's expiry after which its missing status counts as lost."""
 
@@ -43,7 +45,9 @@ class SlotPool(Protocol):
 
     free: int
 
-    async def reserve(self, most: int, least: Callable[[], int] | None = None) -> int: ...
+    async def reserve(
+        self, most: int | Callable[[], int], least: Callable[[], int] | None = None
+    ) -> int: ...
 
     async def release(self, count: int = 1) -> None: ...
 
@@ -80,6 +84,11 @@ class PullFeed:
         self._stopping = stopping
         self.pending = 0
         """Messages asked for and not yet received or given back."""
+        self._cap = self._batch
+        """Most messages asked for at once: halved after an idle request period, doubled
+        when a request is used up (a quiet feed holds few of the shared slots)."""
+        self._received = False
+        """Whether a message arrived since the last expired request."""
         self._last_answer = 0.0
         """``loop.time()`` of the last message or status on the inbox (a sign of life)."""
         self._last_request = 0.0
@@ -103,10 +112,19 @@ class PullFeed:
             await self._slots.release(self.pending)
             self.pending = 0
 
+    def _most(self) -> int:
+        return self._cap - self.pending
+
+    def _least(self) -> int:
+        """Free slots worth a request: none while the cap is asked for; one when nothing
+        is outstanding; else half a batch (not one request per finished run)."""
+        if self.pending >= self._cap:
+            return _NEVER
+        if self.pending == 0:
+            return 1
+        return min(max(1, self._batch // 2), self._cap - self.pending)
+
     async def _request_loop(self) -> None:
-        # While requests are outstanding, wait until a useful batch of slots is free
-        # (half a batch) instead of sending one request per finished run.
-        half = max(1, self._batch // 2)
         while not self._stopping.is_set():
             if self._accepting is not None and not self._accepting.is_set():
                 await self._accepting.wait()  # suspended
@@ -115,9 +133,7 @@ class PullFeed:
                 self._pause = False
                 await asyncio.sleep(min(self._expires, 1.0))
                 continue
-            wanted = await self._slots.reserve(
-                self._batch, least=lambda: 1 if self.pending == 0 else half
-            )
+            wanted = await self._slots.reserve(self._most, least=self._least)
             if wanted == 0 or self._stopping.is_set():
                 await self._slots.release(wanted)
                 return
@@ -144,9 +160,12 @@ class PullFeed:
         headers = msg.headers
         status = headers.get(STATUS) if headers else None
         if status is None:
+            self._received = True
             if self.pending > 0:
                 self.pending -= 1  # its slot was reserved by the request
                 if self.pending == 0:
+                    # All it asked for came: ask for more next time (up to a batch).
+                    self._cap = min(self._batch, self._cap * 2)
                     await self._slots.poke()  # the next request need not wait for a batch
             else:
                 self._slots.take()  # from a request given up for lost: run over capacity
@@ -167,6 +186,11 @@ class PullFeed:
                 status,
                 (headers or {}).get("Description", ""),
             )
+        if status == "408" and not self._received:
+            # A whole request period without work: hold fewer slots, so a quiet feed
+            # does not keep them from the worker's other agent types.
+            self._cap = max(1, self._cap // 2)
+        self._received = False
         self.pending -= unfilled
         await self._slots.release(unfilled)
 

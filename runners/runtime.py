@@ -63,9 +63,12 @@ class Slots:
         self.closed = False
         self._changed = asyncio.Condition()
 
-    async def reserve(self, most: int, least: Callable[[], int] | None = None) -> int:
-        """Wait until ``least()`` slots (default 1) are free and take up to ``most``;
-        0 once the slots are closed. ``least`` is asked again on every change."""
+    async def reserve(
+        self, most: int | Callable[[], int], least: Callable[[], int] | None = None
+    ) -> int:
+        """Wait until ``least()`` slots (default 1) are free and take up to ``most`` (or
+        ``most()`` at that moment); 0 once the slots are closed. ``least`` is asked again
+        on every change."""
 
         def ready() -> bool:
             return self.closed or self.free >= max(1, least() if least else 1)
@@ -74,7 +77,7 @@ class Slots:
             await self._changed.wait_for(ready)
             if self.closed:
                 return 0
-            taken = min(most, self.free)
+            taken = min(most() if callable(most) else most, self.free)
             self.free -= taken
             return taken
 

@@ -111,14 +111,18 @@ async def test_never_holds_more_than_the_free_slots(nats_url: str) -> None:
 async def test_a_command_arrives_at_once_on_an_idle_worker(nats_url: str) -> None:
     async with harness(nats_url, slots=4, expires=0.3) as h:
         await asyncio.sleep(1.0)  # several request periods pass with nothing to do
-        assert h.feed.pending == 4  # expired requests were renewed, not lost
+        # Expired requests were renewed, not lost, each idle period asking for fewer.
+        assert h.feed.pending == 1 and h.slots.free == 3
         assert await h.waiting_requests() >= 1
         loop = asyncio.get_running_loop()
         sent = loop.time()
         await publish(h.store, 1)
         await h.wait_received(1, timeout=1.0)
         assert loop.time() - sent < 0.25  # pushed into the waiting request, not polled
-        assert h.feed.pending == 3 and h.slots.free == 0
+        # A burst after the quiet spell: the feed asks for more again and takes it all.
+        await publish(h.store, 3)
+        await h.wait_received(4, timeout=2.0)
+        assert h.slots.free == 0 and h.feed.pending == 0
 
 
 async def test_a_request_the_server_lost_is_asked_again(
@@ -170,3 +174,62 @@ async def test_a_busy_worker_takes_every_command_in_turn(nats_url: str, batch: i
         await asyncio.sleep(0.3)
         assert h.received == []
         assert h.slots.free + h.feed.pending == 3
+
+
+async def test_a_quiet_feed_leaves_the_shared_slots_to_a_busy_one(nats_url: str) -> None:
+    # Two agent types share one worker's 4 slots. The quiet one shrinks to one waiting
+    # request, so the busy one runs 3 at once and is never starved for a request period.
+    settings = isolated_settings()
+    async with open_store(nats_url, settings) as store:
+        stream = settings.stream
+        for name in ("busy", "quiet"):
+            await store.js.add_consumer(
+                stream,
+                api.ConsumerConfig(
+                    durable_name=name,
+                    filter_subject=f"{settings.root}.{name}.>",
+                    ack_policy=api.AckPolicy.EXPLICIT,
+                    ack_wait=30,
+                ),
+            )
+        slots = Slots(4)
+        stopping = asyncio.Event()
+        received: dict[str, list[Msg]] = {"busy": [], "quiet": []}
+        arrived = asyncio.Event()
+
+        async def until(name: str, count: int) -> None:
+            async with asyncio.timeout(0.5):  # well inside one request period
+                while len(received[name]) < count:
+                    arrived.clear()
+                    await arrived.wait()
+
+        def feed(name: str) -> PullFeed:
+            async def deliver(msg: Msg) -> None:
+                received[name].append(msg)
+                arrived.set()
+
+            return PullFeed(
+                store.nc,
+                stream=stream,
+                durable=name,
+                slots=slots,
+                batch=4,
+                expires=0.3,
+                deliver=deliver,
+                stopping=stopping,
+            )
+
+        busy, quiet = feed("busy"), feed("quiet")
+        tasks = [asyncio.create_task(busy.run()), asyncio.create_task(quiet.run())]
+        try:
+            await asyncio.sleep(1.5)  # both idle for several request periods
+            for index in range(6):
+                await store.js.publish(f"{settings.root}.busy.{index}", b"{}")
+            await until("busy", 3)
+            assert quiet.pending == 1  # what the quiet feed still holds
+            await store.js.publish(f"{settings.root}.quiet.0", b"{}")
+            await until("quiet", 1)
+        finally:
+            stopping.set()
+            await slots.close()
+            await asyncio.wait_for(asyncio.gather(*tasks), 5)
