@@ -24,6 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 from storekit import isolated_settings
 
+from eventstore.embedded import EmbeddedNatsServer
 from eventstore.store import EventStore
 from gateway.resp.server import RespServer
 from gateway.resp.settings import RespSettings
@@ -208,3 +209,13 @@ class RawClient:
         self._writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self._writer.wait_closed()
+
+
+async def writes_again_after_restart(client: RawClient, server: EmbeddedNatsServer) -> None:
+    """Restart the (killed) broker; the same client connection writes and reads again."""
+    await server.restart()
+    for _ in range(100):  # the adapter reconnects within a few seconds
+        if await client.call("SET", "k", "v3") == "+OK":
+            break
+        await asyncio.sleep(0.1)
+    assert await client.call("GET", "k") == "v3"

@@ -96,6 +96,17 @@ async def tree_events(store: EventStore, root_run_id: str) -> list[Event]:
     return events
 
 
+async def until_child_started(store: EventStore, parent_run_id: str) -> None:
+    """Wait (30 s at most) for the first child of ``parent_run_id`` to start."""
+    child = f"{parent_run_id}-c0"
+    for _ in range(300):
+        events = await tree_events(store, parent_run_id)
+        if any(e.type == "run.started" and e.run_id == child for e in events):
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"{child} never started")
+
+
 def assert_exactly_once(events: list[Event], root_run_id: str) -> dict[str, Event]:
     """One terminal per run; every child command once per distinct child; returns the
     terminals by run id."""
@@ -426,13 +437,7 @@ async def test_call_agent_and_cancel_hooks_fire_once_and_never_fail_runs(
 
             waiting = ask("t", "hooks-cancel", mode="call", slow_s=60.0)
             await store.append(waiting)
-            for _ in range(300):
-                events = await tree_events(store, "hooks-cancel")
-                if any(e.type == "run.started" and e.run_id == "hooks-cancel-c0" for e in events):
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                pytest.fail("the child never started")
+            await until_child_started(store, "hooks-cancel")
             async with GatewayClient(settings=settings, nats_url=nats_url) as client:
                 await client.cancel("hooks-cancel", reason="stop now")
             lines = await hook_lines(log, 3)
@@ -470,13 +475,7 @@ async def test_cancel_session_finds_runs_that_never_started(nats_url: str, tmp_p
             data=CommandAskData(content="wait"),
         )
         await store.append(elsewhere)
-        for _ in range(300):
-            events = await tree_events(store, "cs-parent")
-            if any(e.type == "run.started" and e.run_id == "cs-parent-c0" for e in events):
-                break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail("the child never started")
+        await until_child_started(store, "cs-parent")
         async with GatewayClient(settings=settings, nats_url=nats_url) as client:
             cancelled = await client.cancel_session("s-orch")
             assert sorted(cancelled) == ["cs-parent", "cs-parent-c0", "cs-queued-0", "cs-queued-1"]

@@ -9,7 +9,13 @@ import hashlib
 from collections.abc import AsyncIterator
 
 import pytest
-from respkit import Endpoint, RawClient, adapter_settings, start_adapter
+from respkit import (
+    Endpoint,
+    RawClient,
+    adapter_settings,
+    start_adapter,
+    writes_again_after_restart,
+)
 from storekit import isolated_settings
 
 from eventstore.embedded import EmbeddedNatsServer
@@ -179,12 +185,7 @@ async def test_broker_restart_is_an_error_reply_then_service_resumes(
         reply = await client.call("SET", "k", "v2")
         assert reply.startswith("-ERR jetledger redis: JetStream unavailable")
         assert await client.call("PING") == "+PONG"  # the connection itself is fine
-        await killable_nats_server.restart()
-        for _ in range(100):
-            if await client.call("SET", "k", "v3") == "+OK":
-                break
-            await asyncio.sleep(0.1)
-        assert await client.call("GET", "k") == "v3"
+        await writes_again_after_restart(client, killable_nats_server)
     finally:
         await client.close()
         await server.close()
