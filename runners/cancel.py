@@ -18,6 +18,7 @@ from eventstore.catalog import CancelMode, RunCancelled, RunCancelledData
 from eventstore.errors import ConcurrencyError
 from eventstore.store import EventStore
 from runners.journal import Journal, load_journal, load_run, terminal_of
+from runners.run_sweep import sweep_parked_run
 from runners.wakeup import notify_parent, started_by
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,8 @@ async def cancel_tree(
         )
         if ended_now:
             report.cancelled.append(current)
+            # Parked, it has no handler to disarm its timers and drop its unread steers.
+            await sweep_parked_run(store, session_id, current, journal)
         else:
             report.already_ended.append(current)
         queue.extend(lineage_of_children(journal).items())

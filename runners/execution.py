@@ -194,7 +194,7 @@ class Execution:
         ask = await started_by(self.store, journal)
         if ask is not None:
             context = self._context(command_of(ask), journal, item.id)
-            await expire(self.store, context.envelope(), ask)
+            await expire(self.store, context.envelope(), ask, journal)
         await self.msg.ack()
 
     # -- command.cancel ----------------------------------------------------------------

@@ -195,6 +195,16 @@ class Inbox:
             self._kv = await inbox_kv(self.store, self.bucket)
         return self._kv
 
+    async def exists(self) -> bool:
+        """Whether the inbox bucket exists (without creating it, unlike :meth:`kv`): a
+        system where no worker has steering enabled has none, so no run has items."""
+        if self._kv is None:
+            try:
+                self._kv = await self.store.js.key_value(self.bucket)
+            except BucketNotFoundError:
+                return False
+        return True
+
     def key(self, steer_id: str) -> str:
         return self.prefix + _token(steer_id)
 

@@ -11,12 +11,14 @@ the resume like any other: the timer outlives every worker.
 
 A step timer is disarmed (its schedule purged from the stream) when the step's real
 answer is recorded, and all of a run's timers when the worker running it writes its
-terminal event, so an audit of a finished run shows no timeout that did nothing.
-Disarming is best effort: a timer that still fires (the purge failed, or a cancel ended
-the run on another path) finds nothing to time out and is acknowledged without effect,
-by the same compare-and-set that makes every wake-up exactly-once (``run.resumed``
-appended with an expected last sequence). Arming is idempotent (``Nats-Msg-Id``), so a
-replay or a redelivered command arms the same timer again at no cost.
+terminal event, or when a cancel or the deadline ends it while it is parked
+(:mod:`runners.run_sweep`), so an audit of a finished run shows no timeout that did
+nothing. Disarming is best effort: a timer that still fires (the purge failed, or the run
+was ended in the moment it was resumed) finds nothing to time out and is acknowledged
+without effect, by the same compare-and-set that makes every wake-up exactly-once
+(``run.resumed`` appended with an expected last sequence). Arming is idempotent
+(``Nats-Msg-Id``), so a replay or a redelivered command arms the same timer again at no
+cost.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
@@ -40,13 +41,13 @@ from eventstore.catalog import (
 )
 from eventstore.codec import encode
 from eventstore.errors import AppendError, ConcurrencyError
-from eventstore.provision import timer_root
 from eventstore.publish import MSG_ID, Outgoing, parse_pub_ack
 from eventstore.routing import subject_for
 from eventstore.store import EventStore
-from eventstore.subjects import encode_token
 from runners.cancel import cancel_tree
 from runners.journal import Journal, terminal_of
+from runners.run_sweep import sweep_parked_run
+from runners.timer_purge import disarm, timer_subject
 from runners.wakeup import notify_parent
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,6 @@ def step_timer_id(run_id: str, step: int) -> str:
 
 def deadline_timer_id(run_id: str) -> str:
     return f"deadline-{run_id}"
-
-
-def timer_subject(store: EventStore, session_id: str, run_id: str, name: str) -> str:
-    return ".".join(
-        (timer_root(store.settings), encode_token(session_id), encode_token(run_id), name)
-    )
 
 
 def _at(moment: datetime) -> str:
@@ -108,16 +103,6 @@ async def arm(store: EventStore, name: str, at: datetime, resume: CommandResume)
         return
     # Not armed, and the caller must not ack its command: a redelivery arms it again.
     raise AppendError(outgoing.event_id, "no acknowledgement while arming a timer")
-
-
-async def disarm(store: EventStore, session_id: str, run_id: str, name: str = ">") -> None:
-    """Remove the run's timer ``name`` (``w<step>`` or ``deadline``; ``>``: all of them)
-    before it fires. Best effort: a failure is logged and the timer fires harmlessly."""
-    subject = timer_subject(store, session_id, run_id, name)
-    try:
-        await store.js.purge_stream(store.settings.stream, subject=subject)
-    except (NatsError, TimeoutError) as exc:
-        log.info("timer %s not disarmed (%s); it will fire without effect", subject, exc)
 
 
 def has_timers(journal: Journal, limit: float | None) -> bool:
@@ -193,7 +178,9 @@ def timer_step(resume: CommandResume) -> int | None:
     return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
-async def expire(store: EventStore, envelope: dict[str, Any], ask: CommandAsk) -> bool:
+async def expire(
+    store: EventStore, envelope: dict[str, Any], ask: CommandAsk, journal: Journal
+) -> bool:
     """End a run whose deadline passed while it was parked: ``run.failed`` (code
     ``timeout``), its subtree cancelled, its waiting parent woken. False if it had ended."""
     terminal = RunFailed(
@@ -213,7 +200,7 @@ async def expire(store: EventStore, envelope: dict[str, Any], ask: CommandAsk) -
         if existing is None or existing.id != terminal.id:
             return False
         # Ours, from a delivery that died before it finished: finish what it started.
-    await disarm(store, session_id, run_id)  # its step timers, if any
+    await sweep_parked_run(store, session_id, run_id, journal)  # timers, unread steers
     await cancel_tree(
         store,
         session_id,

@@ -166,6 +166,40 @@ async def test_unread_messages_are_recorded_as_dropped(nats_url: str) -> None:
         assert await Inbox(store, "s-drop", command.run_id or "").snapshot() == []
 
 
+async def test_a_cancel_of_a_parked_run_records_its_unread_messages_as_dropped(
+    nats_url: str,
+) -> None:
+    async with system(nats_url) as (store, settings, _workers):
+        command = CommandAsk(
+            session_id="s-park",
+            run_id="run-parked",
+            agent_type="chat",
+            data=CommandAskData(content="ask:which colour?"),
+        )
+        await store.append(command)
+        await eventually(
+            lambda: of_type_async(store, "run-parked", "run.asked_user"), "the run parks"
+        )
+        inbox = Inbox(store, "s-park", "run-parked")
+        async with GatewayClient(settings=settings, nats_url=nats_url) as client:
+            sent = (await client.steer("s-park", "also: green", agent_type="chat")).event_id
+            # A parked run is live: the steer joins its inbox rather than starting a run.
+            await eventually(inbox.snapshot, "the steer joins the parked run's inbox")
+            outcome = await client.cancel("run-parked", "s-park", "changed my mind")
+        assert outcome.report.cancelled == ["run-parked"]
+        events = await run_history(store, "run-parked")
+        assert steer_ids(events, "steering.dropped") == [sent]
+        assert steer_ids(events, "steering.injected") == []
+        reasons = {e.data.reason for e in of_type(events, "steering.dropped")}  # type: ignore[attr-defined]
+        assert reasons == {"run_ended"}
+        assert await inbox.snapshot() == []
+        assert await run_history(store, steer_run_id(sent)) == []
+
+
+async def of_type_async(store: EventStore, run_id: str, event_type: str) -> list[Event]:
+    return of_type(await run_history(store, run_id), event_type)
+
+
 async def test_the_inbox_survives_a_worker_kill(nats_url: str) -> None:
     async with system(nats_url) as (store, settings, workers):
         command = chat("s-kill", read=1, delay_s=3.0, wait_s=20)

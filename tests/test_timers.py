@@ -279,6 +279,27 @@ async def test_answered_steps_disarm_their_timers_and_a_late_one_changes_nothing
         assert await pending_timers(store, "ask-first") == {}
 
 
+async def test_a_cancel_of_a_parked_run_disarms_its_timers(nats_url: str) -> None:
+    async with system(nats_url, planners=1) as sys_:
+        store = sys_.store
+        command = ask("ask-cancel", mode="ask", questions=1, ask_timeout_s=[30.0])
+        await store.append(command)
+        await until(store, "ask-cancel", lambda e: e.type == "run.asked_user")
+        timer = f"{timer_root(store.settings)}.s-timers.ask-cancel"
+        for _ in range(100):  # the schedule is stored before the ask command is acked
+            if await pending_timers(store, "ask-cancel"):
+                break
+            await asyncio.sleep(0.05)
+        assert list(await pending_timers(store, "ask-cancel")) == [f"{timer}.w0"]
+        async with GatewayClient(settings=sys_.settings, nats_url=nats_url) as client:
+            outcome = await client.cancel("ask-cancel", "s-timers", "not needed")
+        assert outcome.report.cancelled == ["ask-cancel"]
+        # Parked, no handler would disarm it: the cancel did.
+        assert await pending_timers(store, "ask-cancel") == {}
+        terminal = await terminal_of(store, "s-timers", "ask-cancel")
+        assert terminal is not None and terminal.type == "run.cancelled"
+
+
 async def test_a_killed_workers_parked_run_is_timed_out_by_another(nats_url: str) -> None:
     async with system(nats_url) as sys_:
         store = sys_.store
