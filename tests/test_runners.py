@@ -11,7 +11,7 @@ import signal
 
 import pytest
 from storekit import isolated_settings, open_store
-from workerkit import ask, run_history, spawn_worker, stop, wait_terminal
+from workerkit import ask, run_history, spawn_worker, stop, until_workers_started, wait_terminal
 
 from eventstore.catalog import CommandAsk, CommandAskData, IngestRejected
 from eventstore.codec import Undecodable
@@ -43,6 +43,7 @@ async def test_two_workers_share_200_runs_each_ending_once(nats_url: str) -> Non
             spawn_worker(settings, nats_url, ECHO, f"w{i}", max_concurrency="4") for i in range(2)
         ]
         try:
+            await until_workers_started(store, {"w0", "w1"})
             commands = [ask("echo", f"hello {i}") for i in range(200)]
             assert all(r.ok for r in await store.append_many(commands))
             for command in commands:

@@ -16,7 +16,7 @@ from eventstore.codec import Undecodable
 from eventstore.envelope import Event
 from eventstore.settings import StoreSettings
 from eventstore.store import EventStore
-from eventstore.subjects import run_end_subject, run_filter
+from eventstore.subjects import run_end_subject, run_filter, sys_subject
 
 
 def spawn_worker(
@@ -76,6 +76,27 @@ async def wait_terminal(store: EventStore, command: CommandAsk, timeout: float) 
             return record[1]
         await asyncio.sleep(0.05)
     raise TimeoutError(f"run {command.run_id} did not end within {timeout}s")
+
+
+async def until_workers_started(
+    store: EventStore, worker_ids: set[str], timeout: float = 60.0
+) -> None:
+    """Wait until every worker in ``worker_ids`` announced ``worker.started`` (it does so
+    just before it starts pulling), so a test that wants work shared does not hand it all
+    to the first worker up while a slow machine is still starting the others."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    subject = sys_subject("worker", store.settings.root)
+    while loop.time() < deadline:
+        started = {
+            item.worker_id
+            async for _seq, item in store.read(1, subject_filter=subject)
+            if not isinstance(item, Undecodable) and item.type == "worker.started"
+        }
+        if worker_ids <= started:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"workers {sorted(worker_ids)} did not all start within {timeout}s")
 
 
 async def run_history(store: EventStore, run_id: str) -> list[Event]:
