@@ -195,6 +195,15 @@ class RawConnection:
         del buffer[:position]
         return out
 
+    def detach(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        """Hand the connected streams (and any bytes read past the handshake) to a caller
+        that speaks the protocol itself; this object is unusable afterwards."""
+        if self._reader is None or self._writer is None:
+            raise RawConnectionError("not connected")
+        streams = (self._reader, self._writer, bytes(self._buffer))
+        self._reader, self._writer, self._buffer = None, None, bytearray()
+        return streams
+
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

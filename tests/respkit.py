@@ -47,7 +47,7 @@ def adapter_settings(**overrides: Any) -> RespSettings:
     streams = StreamSpaceSettings(
         ack_wait_seconds=2.0,
         consumer_alive_seconds=2.0,
-        progress_interval_seconds=1.0,
+        progress_interval_seconds=0.5,  # 1.5 s of slack before the ack wait on a loaded machine
         block_poll_seconds=0.2,
         meta_bucket=f"rs{tag}",
         request_timeout=2.0,

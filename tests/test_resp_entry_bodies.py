@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from eventstore.catalog import StateUpdated
 from eventstore.codec import decode, encode
 from gateway.resp.byframework_events import entry_event
-from gateway.resp.entry_bodies import entry_body, generic_body
+from gateway.resp.entry_bodies import entry_body, fields_of_body, generic_body
 from gateway.resp.stream_keys import target_for
 
 ROOT = "jl"
@@ -58,3 +58,35 @@ def test_known_streams_still_go_through_the_model() -> None:
     assert body.run_id == "m1" and decode(body.body).type == "message.delta"  # type: ignore[union-attr]
     generic = entry_body(target_for(b"plain", ROOT), [(b"f", b"\xff\x00")])
     assert decode(generic.body).type == "state.updated"  # type: ignore[union-attr]
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=st.lists(st.tuples(words, words), max_size=6))
+def test_a_body_said_to_hold_the_fields_gives_them_back_exactly(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    target = target_for(b"plain", ROOT)
+    body = entry_body(target, fields)
+    names = [name for name, _ in fields]
+    texts_only = all(
+        b"\x00" not in part and not part.startswith(b"base64:") and _is_utf8(part)
+        for pair in fields
+        for part in pair
+    )
+    assert body.fields_in_body == (texts_only and len(set(names)) == len(names))
+    if body.fields_in_body:
+        assert fields_of_body(body.body) == fields
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def test_by_framework_entries_keep_their_fields_in_the_header() -> None:
+    data = target_for(b"byai_gateway:session:s1:data_stream", ROOT)
+    delta = b'{"message_id": "m1", "event_type": "answerDelta", "data": {}}'
+    assert not entry_body(data, [(b"data", delta)]).fields_in_body

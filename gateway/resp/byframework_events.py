@@ -9,10 +9,11 @@ event where the payload has room for it (``metadata``, ``answer``, ``result``).
 
 Reading must give back exactly what the client wrote, so the entry's Redis fields also
 ride along byte for byte in the ``Jl-Redis-Fields`` message header and are rendered from
-there. Entries this module does not recognise are stored as ``state.updated`` (scope
-``global``, key = the stream key, value = the fields): they still round-trip and still
-show in the EventLog. Native jetledger events (no header) read as one field, ``event``,
-holding the event body.
+there (or the header says ``=``: a generic body's value holds them exactly, see
+:mod:`gateway.resp.entry_bodies`). Entries this module does not recognise are stored
+as ``state.updated`` (scope ``global``, key = the stream key, value = the fields): they
+still round-trip and still show in the EventLog. Native jetledger events (no header) read
+as one field, ``event``, holding the event body.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from eventstore.envelope import MAX_ID_LENGTH, Event
 from gateway.resp.stream_keys import StreamTarget
 
 FIELDS_HEADER = "Jl-Redis-Fields"
+FIELDS_IN_BODY = "="
+"""``Jl-Redis-Fields`` of a generic entry whose body's ``data.value`` is its fields exactly."""
 GENERIC_SESSION = "redis-streams"
 ASK_USER_CONTENT_TYPES = frozenset({"3013", "3014"})
 STATE_CONTENT_TYPES = frozenset({"3003", "3010"})

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.resp import stream_group_cmds, stream_info_cmds
 from gateway.resp.byframework_events import Fields
@@ -52,19 +51,26 @@ if TYPE_CHECKING:
     from gateway.resp.connection import Connection
 
 REGISTERED_WITH_THIS_MODULE = (stream_group_cmds, stream_info_cmds)
+PLAIN_XADD_WORDS = 5
 
 
 # -- XADD / XLEN / XRANGE -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class XaddRequest:
+class XaddRequest(NamedTuple):
+    """A NamedTuple: one is built per entry of a pipeline."""
+
     key: bytes
     nomkstream: bool
     fields: Fields
 
 
 def parse_xadd(args: list[bytes]) -> XaddRequest:
+    if len(args) > 1 and args[1] == b"*":  # the usual form: no options
+        pairs = args[2:]
+        if not pairs or len(pairs) % 2:
+            raise wrong_args("xadd")
+        return XaddRequest(args[0], False, list(zip(pairs[::2], pairs[1::2], strict=True)))
     key, rest = args[0], args[1:]
     nomkstream = False
     while rest and rest[0].upper() in (b"NOMKSTREAM", b"MAXLEN", b"MINID", b"LIMIT"):
@@ -102,6 +108,18 @@ async def xadd(conn: Connection, args: list[bytes]) -> Reply:
     return entry_id(await streams.add(request.key, request.fields))
 
 
+def _plain_xadd(words: list[bytes]) -> tuple[bytes, Fields] | None:
+    """``XADD key * field value [field value ...]`` (whole command words), the form
+    pipelines are made of, parsed without the option loop: (key, fields), or None for
+    anything else."""
+    size = len(words)
+    if size == PLAIN_XADD_WORDS and words[2] == b"*":
+        return words[1], [(words[3], words[4])]
+    if size > PLAIN_XADD_WORDS and size % 2 and words[2] == b"*":
+        return words[1], list(zip(words[3::2], words[4::2], strict=True))
+    return None
+
+
 async def xadd_pipelined(
     conn: Connection,
     commands: list[list[bytes]],
@@ -110,33 +128,35 @@ async def xadd_pipelined(
     published: asyncio.Future[None] | None = None,
 ) -> list[Reply]:
     """Consecutive XADD commands a client pipelined, appended together (one reply each,
-    in order; a refused one gets its own error and the others go on). ``after`` and
-    ``published``: see :meth:`StreamSpace.add_many`."""
+    in order; a refused one gets its own error and the others go on). ``commands`` are
+    whole command words (``XADD`` first). ``after`` and ``published``: see
+    :meth:`StreamSpace.add_many`."""
     streams = streams_of(conn)
-    replies: list[Reply] = []
-    accepted: list[tuple[int, XaddRequest]] = []
-    for args in commands:
+    replies: list[Reply] = [None] * len(commands)
+    positions: list[int] = []
+    entries: list[tuple[bytes, Fields]] = []
+    # Keys this group checked and appends to: an earlier XADD of the group creates the
+    # key before a later one (NOMKSTREAM too) is stored.
+    known: set[bytes] = set()
+    for index, words in enumerate(commands):
         try:
-            request = parse_xadd(args)
-            await check_type(conn, request.key)
-            # An earlier XADD of this pipeline creates the key before this one is stored.
-            if request.nomkstream and not (
-                await streams.exists(request.key)
-                or any(earlier.key == request.key for _, earlier in accepted)
-            ):
-                replies.append(None)
-                continue
+            plain = _plain_xadd(words)
+            if plain is None:
+                key, nomkstream, fields = parse_xadd(words[1:])
+            else:
+                (key, fields), nomkstream = plain, False
+            if key not in known:
+                await check_type(conn, key)
+                if nomkstream and not await streams.exists(key):
+                    continue  # its reply stays None
+                known.add(key)
         except CommandError as error:
-            replies.append(ErrorReply(error.message))
+            replies[index] = ErrorReply(error.message)
             continue
-        accepted.append((len(replies), request))
-        replies.append(None)
-    outcomes = await streams.add_many(
-        [(request.key, request.fields) for _, request in accepted],
-        after=after,
-        published=published,
-    )
-    for (index, _), outcome in zip(accepted, outcomes, strict=True):
+        positions.append(index)
+        entries.append((key, fields))
+    outcomes = await streams.add_many(entries, after=after, published=published)
+    for index, outcome in zip(positions, outcomes, strict=True):
         replies[index] = (
             ErrorReply(outcome.message) if isinstance(outcome, CommandError) else entry_id(outcome)
         )

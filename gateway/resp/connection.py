@@ -281,18 +281,15 @@ class Connection:
         self.server.total_commands += len(batch)
         started = time.perf_counter()
         try:
-            return await xadd_pipelined(
-                self, [words[1:] for words in batch], after=after, published=published
-            )
+            return await xadd_pipelined(self, batch, after=after, published=published)
         except (NatsError, EventStoreError, TimeoutError) as exc:
             log.warning("pipelined XADD from %s: JetStream unavailable: %r", self.peer, exc)
             return [unavailable(exc)] * len(batch)
         finally:
             if not published.done():
                 published.set_result(None)
-            elapsed = (time.perf_counter() - started) / len(batch)
-            for _ in batch:
-                self.server.command_stats.record("XADD", elapsed)
+            elapsed = time.perf_counter() - started
+            self.server.command_stats.record("XADD", elapsed, len(batch))
 
     async def _finish_appends(self, *, oldest_only: bool = False) -> None:
         """Wait for appends in flight, oldest first, and queue their replies."""

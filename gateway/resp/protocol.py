@@ -33,6 +33,10 @@ UNAUTHENTICATED_MAX_MULTIBULK = 10
 UNAUTHENTICATED_MAX_BULK = 16384
 
 
+BULK_HEADER_TABLE = 4096
+_BULK_HEADERS = [b"$%d\r\n" % size for size in range(BULK_HEADER_TABLE)]
+
+
 class ProtocolError(Exception):
     """The client sent something that is not RESP; the connection must be closed.
 
@@ -158,13 +162,16 @@ class RequestParser:
         if not buffer.startswith(header, pos):
             return -1
         pos += len(header)
+        headers = _BULK_HEADERS
         for word in words:
             if type(word) is not bytes or len(word) > max_bulk:
                 return -1
-            header = b"$%d\r\n" % len(word)
+            size = len(word)
+            # A table lookup for the usual sizes: formatting an int costs more.
+            header = headers[size] if size < BULK_HEADER_TABLE else b"$%d\r\n" % size
             if not buffer.startswith(header, pos):
                 return -1
-            pos += len(header) + len(word) + 2
+            pos += len(header) + size + 2
         return pos
 
     def _line_end(self, too_long: str) -> int | None:

@@ -49,8 +49,9 @@ class CommandStats:
         self.calls: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
 
-    def record(self, name: str, seconds: float) -> None:
-        self.calls[name] = self.calls.get(name, 0) + 1
+    def record(self, name: str, seconds: float, calls: int = 1) -> None:
+        """``calls`` calls of ``name`` that took ``seconds`` together."""
+        self.calls[name] = self.calls.get(name, 0) + calls
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
 

@@ -17,28 +17,36 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import itertools
 import json
 import logging
-import re
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoKeysError, NotFoundError
 
-from eventstore.errors import EventStoreError
 from eventstore.jsapi import api_request
-from eventstore.publish import MSG_ID, Outgoing, parse_pub_ack
-from eventstore.reply_inbox import ReplyInbox
+from eventstore.publish import Outgoing
 from eventstore.store import EventStore
-from eventstore.wire import Frame, publish_frames
-from gateway.resp.byframework_events import FIELDS_HEADER, Fields, encode_fields
+from gateway.resp.byframework_events import (
+    FIELDS_IN_BODY,
+    Fields,
+    encode_fields,
+)
 from gateway.resp.entry_bodies import entry_body
 from gateway.resp.replies import CommandError
+from gateway.resp.stream_appends import (
+    PipelinedAppends,
+    Prepared,
+    acknowledged,
+    fast_ack,
+    headers_of,
+)
 from gateway.resp.stream_groups import ConsumerGroup
 from gateway.resp.stream_keys import StreamTarget, target_for
+from gateway.resp.stream_pull import Puller
 from gateway.resp.stream_reads import Entry, read_backwards, read_entries
 
 log = logging.getLogger(__name__)
@@ -64,6 +72,8 @@ class StreamSpaceSettings:
     meta_bucket: str = "jl_redis_streams"
     """KV bucket with each stream key's existence, groups and DEL floor."""
     request_timeout: float = 5.0
+    lean_appends: bool = True
+    """Pipelined appends on a lean connection of their own (``stream_appends``)."""
 
 
 @dataclass(slots=True)
@@ -104,46 +114,6 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _acknowledged(outgoing: Outgoing, data: bytes) -> int:
-    """The sequence a publish acknowledgement gives, or the refusal as an ``ERR``."""
-    try:
-        result = parse_pub_ack(outgoing, data, None)
-    except EventStoreError as error:
-        raise CommandError(f"ERR the log refused the entry: {error}") from None
-    assert result.seq is not None
-    return result.seq
-
-
-PUBLISH_CHUNK = 100
-"""Pipelined appends are handed to the connection this many at a time."""
-
-
-_PLAIN_ACK = re.compile(
-    rb'\{"stream":"[^"\\]*",(?:"domain":"[^"\\]*",)?"seq":(\d+)(?:,"duplicate":true)?\}'
-)
-
-
-def _fast_ack(outgoing: Outgoing, data: bytes) -> int | CommandError:
-    """The sequence an acknowledgement gives (no JSON parse for the usual one), or the
-    refusal of that entry as an ``ERR``."""
-    plain = _PLAIN_ACK.fullmatch(data)
-    if plain:
-        return int(plain.group(1))
-    try:
-        return _acknowledged(outgoing, data)
-    except CommandError as error:
-        return error
-
-
-@dataclass(slots=True)
-class _AckBatch:
-    """The acknowledgements one pipeline of appends waits for."""
-
-    expected: int
-    acks: dict[int, bytes] = field(default_factory=dict)
-    complete: asyncio.Event = field(default_factory=asyncio.Event)
-
-
 def durable_name(identity: str, group: bytes) -> str:
     """A valid, collision-free durable name; the mapping itself is kept in the meta."""
     return "redis_" + hashlib.sha256(identity.encode() + b"\0" + group).hexdigest()[:40]
@@ -163,13 +133,16 @@ class StreamSpace:
         self._groups: dict[tuple[str, bytes], ConsumerGroup] = {}
         self._kv: Any = None
         self._keep_alive: asyncio.Task[None] | None = None
-        self.appends = 0
         self._targets: dict[bytes, StreamTarget] = {}
+        self._appends = PipelinedAppends(
+            store, self.settings.request_timeout, lean=self.settings.lean_appends
+        )
+        self._puller = Puller(self.nc, self._appends.lean_link)
+
+    @property
+    def appends(self) -> int:
         """Entries appended through this adapter (``INFO stats``)."""
-        self._inbox: ReplyInbox | None = None
-        self._acks_due: dict[str, tuple[_AckBatch, int]] = {}
-        """Reply token -> the pipeline and entry its acknowledgement belongs to."""
-        self._ack_tokens = itertools.count()
+        return self._appends.published
 
     async def start(self) -> None:
         self._kv = await self.store.js.create_key_value(
@@ -184,10 +157,7 @@ class StreamSpace:
         self._keep_alive = asyncio.create_task(self._keep_alive_loop())
 
     async def close(self) -> None:
-        if self._inbox is not None:
-            with contextlib.suppress(NatsError, OSError):
-                await self._inbox.__aexit__(None, None, None)
-            self._inbox = None
+        await self._appends.close()
         if self._keep_alive is not None:
             self._keep_alive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -260,27 +230,27 @@ class StreamSpace:
 
     # -- entries -----------------------------------------------------------------
 
-    def _prepared(self, key: bytes, fields: Fields) -> tuple[Outgoing, dict[str, str]]:
+    def _prepared(self, key: bytes, fields: Fields) -> tuple[Outgoing, str]:
+        """The entry's event and its ``Jl-Redis-Fields`` header value: the fields, or
+        ``=`` when the body gives them back exactly (see :mod:`entry_bodies`)."""
         target = self.target(key)
-        event_id, run_id, body = entry_body(target, fields)
+        event_id, run_id, body, exact = entry_body(target, fields)
         outgoing = Outgoing(event_id, target.subject_for(run_id), body)
-        return outgoing, {MSG_ID: event_id, FIELDS_HEADER: encode_fields(fields)}
+        return outgoing, FIELDS_IN_BODY if exact else encode_fields(fields)
 
     async def add(self, key: bytes, fields: Fields) -> int:
-        """``XADD key * ...``: append one event; returns its stream sequence."""
-        outgoing, headers = self._prepared(key, fields)
-        self.appends += 1
-        seq = await self._publish_one(outgoing, headers)
-        await self._mark_exists(self.meta(key))
-        return seq
+        """``XADD key * ...``: append one event; returns its stream sequence. The same
+        path as a pipeline of one (the lean link when there is one)."""
+        (result,) = await self.add_many([(key, fields)])
+        if isinstance(result, CommandError):
+            raise result
+        return result
 
-    async def _publish_alone(
-        self, outgoing: Outgoing, headers: dict[str, str]
-    ) -> int | CommandError:
+    async def _publish_alone(self, outgoing: Outgoing, fields_header: str) -> int | CommandError:
         """An entry whose acknowledgement did not come, published again alone: a copy
         stored after all is recognised by its Nats-Msg-Id and not stored twice."""
         try:
-            return await self._publish_one(outgoing, headers)
+            return await self._publish_one(outgoing, fields_header)
         except CommandError as error:
             return error
         except (NatsError, TimeoutError) as exc:
@@ -288,28 +258,14 @@ class StreamSpace:
                 f"ERR jetledger redis: JetStream unavailable ({type(exc).__name__}); try again"
             )
 
-    async def _publish_one(self, outgoing: Outgoing, headers: dict[str, str]) -> int:
+    async def _publish_one(self, outgoing: Outgoing, fields_header: str) -> int:
         reply = await self.nc.request(
-            outgoing.subject, outgoing.body, timeout=self.settings.request_timeout, headers=headers
+            outgoing.subject,
+            outgoing.body,
+            timeout=self.settings.request_timeout,
+            headers=headers_of(outgoing, fields_header),
         )
-        return _acknowledged(outgoing, reply.data)
-
-    async def _ack_inbox(self) -> ReplyInbox:
-        """One inbox for the acknowledgements of every pipelined append (opened once:
-        a subscription per pipeline cost two protocol messages each time)."""
-        if self._inbox is None:
-            inbox = ReplyInbox(self.nc, self._on_ack)
-            await inbox.__aenter__()
-            self._inbox = inbox
-        return self._inbox
-
-    def _on_ack(self, tail: str, data: bytes) -> None:
-        waiting = self._acks_due.pop(tail, None)
-        if waiting is not None:
-            batch, index = waiting
-            batch.acks[index] = data
-            if len(batch.acks) >= batch.expected:
-                batch.complete.set()
+        return acknowledged(outgoing, reply.data)
 
     async def add_many(
         self,
@@ -318,65 +274,40 @@ class StreamSpace:
         after: asyncio.Future[None] | None = None,
         published: asyncio.Future[None] | None = None,
     ) -> list[int | CommandError]:
-        """Pipelined XADD commands: every entry is published before any acknowledgement is
-        awaited, in order on one connection, so sequences (ids) follow the order of
-        ``entries``. One result each: the sequence, or the error of that entry alone.
-
-        Entries go out in chunks as they are built, so the server stores the first ones
-        while the rest are still being encoded. A caller with several groups in flight
-        orders them: the first chunk waits for ``after`` (the group before has published
-        everything), and ``published`` is set once this group's last entry is out.
-        (An atomic batch would need one acknowledgement instead of one per entry, but
-        measured it costs the server twice the CPU per entry that it saves here.)"""
-        inbox = await self._ack_inbox()
+        """Pipelined XADD commands, published in order before any acknowledgement is
+        awaited (:mod:`gateway.resp.stream_appends`), so sequences (ids) follow the order
+        of ``entries``. One result each: the sequence, or the error of that entry alone.
+        ``after`` and ``published``: see :meth:`PipelinedAppends.publish_all`."""
+        sent = await self._appends.publish_all(
+            (self._prepared_or_error(key, fields) for key, fields in entries),
+            len(entries),
+            after=after,
+            published=published,
+        )
         results: list[int | CommandError] = []
-        frames: list[Frame] = []
-        sent: dict[int, tuple[Outgoing, dict[str, str]]] = {}
-        batch = _AckBatch(len(entries))
-        tokens: list[str] = []
-        try:
-            for index, (key, fields) in enumerate(entries):
-                try:
-                    outgoing, headers = self._prepared(key, fields)
-                except CommandError as error:
-                    results.append(error)
-                    batch.expected -= 1
-                    continue
-                results.append(0)
-                sent[index] = (outgoing, headers)
-                token = str(next(self._ack_tokens))
-                tokens.append(token)
-                self._acks_due[token] = (batch, index)
-                pairs = tuple(headers.items())
-                reply_to = inbox.reply_subject(token)
-                frames.append(Frame(outgoing.subject, outgoing.body, pairs, reply_to))
-                if len(frames) >= PUBLISH_CHUNK:
-                    await self._publish(frames, after)
-                    after, frames = None, []
-            await self._publish(frames, after)
-            if published is not None and not published.done():
-                published.set_result(None)
-            if sent and len(batch.acks) < batch.expected:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(batch.complete.wait(), self.settings.request_timeout)
-        finally:
-            for token in tokens:
-                self._acks_due.pop(token, None)
-        for index, (outgoing, headers) in sent.items():
-            data = batch.acks.get(index)
+        for outcome in sent:
+            if isinstance(outcome, CommandError):
+                results.append(outcome)
+                continue
+            outgoing, fields_header, data = outcome
             if data is None:  # no answer in time: publish again
-                results[index] = await self._publish_alone(outgoing, headers)
+                results.append(await self._publish_alone(outgoing, fields_header))
             else:
-                results[index] = _fast_ack(outgoing, data)
-        for key in {entries[index][0] for index in sent if isinstance(results[index], int)}:
-            await self._mark_exists(self.meta(key))
+                results.append(fast_ack(outgoing, data))
+        for key in set(map(itemgetter(0), entries)):  # usually one key
+            meta = self.meta(key)
+            if not meta.exists and any(
+                type(result) is int and entry[0] == key
+                for entry, result in zip(entries, results, strict=True)
+            ):
+                await self._mark_exists(meta)
         return results
 
-    async def _publish(self, frames: list[Frame], after: asyncio.Future[None] | None) -> None:
-        if after is not None:
-            await asyncio.shield(after)
-        self.appends += len(frames)
-        await publish_frames(self.nc, frames)
+    def _prepared_or_error(self, key: bytes, fields: Fields) -> Prepared | CommandError:
+        try:
+            return self._prepared(key, fields)
+        except CommandError as error:
+            return error
 
     async def length(self, key: bytes) -> int:
         meta = self._metas.get(self.identity(key))
@@ -409,6 +340,7 @@ class StreamSpace:
             count,
             timeout=self.settings.request_timeout,
             until_seq=last_seq,
+            link=await self._appends.lean_link(),
         )
 
     async def range_reverse(
@@ -425,6 +357,7 @@ class StreamSpace:
             last_seq,
             count=count,
             timeout=self.settings.request_timeout,
+            link=await self._appends.lean_link(),
         )
 
     async def entry_at(self, key: bytes, seq: int) -> Entry | None:
@@ -501,7 +434,9 @@ class StreamSpace:
         return 1
 
     def _new_group(self, name: bytes, durable: str, last_seq: int) -> ConsumerGroup:
-        return ConsumerGroup(name, durable, self.stream, self.nc, self.settings, max(0, last_seq))
+        return ConsumerGroup(
+            name, durable, self.stream, self.nc, self.settings, self._puller, max(0, last_seq)
+        )
 
     async def group(self, key: bytes, group: bytes) -> ConsumerGroup | None:
         """The group, rebuilt from its durable consumer after an adapter restart."""

@@ -9,8 +9,10 @@ as deployed) and one private redis-server, then times the same client workloads
 against both:
 
 * pipelined ``XADD`` (redis-py, ``transaction=False``, executed every 500), and the CPU
-  time the server process spent per entry (the adapter alone: nats-server is apart);
-* ``XREADGROUP COUNT 100`` + one ``XACK`` per batch until a pre-filled stream is drained;
+  time the server process spent per entry (the adapter alone; nats-server's own in a row
+  of its own);
+* ``XREADGROUP COUNT 100`` + one ``XACK`` per batch until a pre-filled stream is drained,
+  and the CPU time per entry of the reads alone (adapter, nats-server);
 * by-framework's echo round trip (``byframework_side.py bench``: two real by-framework
   workers in by-framework's own venv; send -> first ``answerDelta`` seen by the client;
   sequential runs, its throughput part is cut to one run);
@@ -39,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -64,6 +66,8 @@ BYFW_SIDE = Path(__file__).with_name("byframework_side.py")
 class Served(NamedTuple):
     port: int
     pid: int
+    broker_pid: int | None = None
+    """The adapter's nats-server (None for redis-server)."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -172,8 +176,9 @@ def bench_xadd(port: int, count: int) -> float:
     return count / elapsed
 
 
-def bench_group(port: int, count: int) -> float:
-    """Entries per second through XREADGROUP COUNT 100 + XACK."""
+def bench_group(port: int, count: int, filled: Callable[[], None] = lambda: None) -> float:
+    """Entries per second through XREADGROUP COUNT 100 + XACK; ``filled`` is called once
+    the stream is filled, just before the timed reads."""
     client = bench_client(port)
     key = "bench:group"
     pipe = client.pipeline(transaction=False)
@@ -181,6 +186,7 @@ def bench_group(port: int, count: int) -> float:
         pipe.xadd(key, {"data": f"entry {index}"})
     pipe.execute()
     client.xgroup_create(key, "g", id="0")
+    filled()
     started = time.perf_counter()
     done = 0
     while done < count:
@@ -219,7 +225,10 @@ WORKLOADS = ("xadd", "group", "echo", "commands")
 ROWS = (
     ("pipelined XADD (500/pipeline), entries/s", "xadd_per_s", "xadd"),
     ("  server CPU per XADD entry, us", "xadd_cpu_us", "xadd"),
+    ("  nats-server CPU per XADD entry, us", "xadd_broker_cpu_us", "xadd"),
     ("XREADGROUP COUNT 100 + XACK, entries/s", "group_per_s", "group"),
+    ("  server CPU per group entry (reads), us", "group_cpu_us", "group"),
+    ("  nats-server CPU per group entry, us", "group_broker_cpu_us", "group"),
     ("by-framework echo p50 ms", "echo_p50_ms", "echo"),
     ("by-framework echo p99 ms", "echo_p99_ms", "echo"),
     ("round trip: cached HGET, us", "hget_us", "commands"),
@@ -265,15 +274,30 @@ def run_side(served: Served, plan: argparse.Namespace, work: Path) -> dict[str, 
     work.mkdir(parents=True, exist_ok=True)
     port = served.port
     figures: dict[str, float] = {}
+    pids = [served.pid] + ([served.broker_pid] if served.broker_pid else [])
+
+    def cpu_now() -> list[float]:
+        return [cpu_seconds(pid) for pid in pids]
+
+    def cpu_per_entry(before: list[float], count: int, name: str) -> None:
+        after = cpu_now()
+        figures[f"{name}_cpu_us"] = (after[0] - before[0]) / count * 1e6
+        # redis-server has no broker: 0 in its column.
+        broker = (after[1] - before[1]) / count * 1e6 if len(pids) > 1 else 0.0
+        figures[f"{name}_broker_cpu_us"] = broker
+
     if "xadd" in plan.only:
-        cpu_before = cpu_seconds(served.pid)
+        before = cpu_now()
         figures["xadd_per_s"] = bench_xadd(port, plan.xadd)
-        cpu = cpu_seconds(served.pid) - cpu_before
-        figures["xadd_cpu_us"] = cpu / plan.xadd * 1e6
+        cpu_per_entry(before, plan.xadd, "xadd")
     if "commands" in plan.only:
         figures.update(bench_commands(port, plan.command_runs))
     if "group" in plan.only:
-        figures["group_per_s"] = bench_group(port, plan.group_entries)
+        filled_at: list[float] = []
+        figures["group_per_s"] = bench_group(
+            port, plan.group_entries, lambda: filled_at.extend(cpu_now())
+        )
+        cpu_per_entry(filled_at, plan.group_entries, "group")
     if "echo" in plan.only:
         rtt = bench_echo(port, plan.rtt_runs, work)["rtt_seconds"]
         figures["echo_p50_ms"] = statistics.median(rtt) * 1000
@@ -290,7 +314,7 @@ async def run_once(
             return run_side(served, plan, work)
     async with EmbeddedNatsServer(store_dir=work / "nats") as nats:
         with adapter(work, nats.url, code) as served:
-            return run_side(served, plan, work / side)
+            return run_side(served._replace(broker_pid=nats.pid), plan, work / side)
 
 
 def side_order(
