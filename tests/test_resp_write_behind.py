@@ -240,7 +240,10 @@ async def test_changes_behind_a_write_in_flight_are_answered_at_once(
         assert await client.call("HDEL", "h", "a") == 1
         assert await client.call("HINCRBY", "h", "n", "1") == 6
         assert await client.call("HGETALL", "h") == ["n", "6"]
-        assert held.started == 1  # one write in flight; the rest waits for it
+        # One write (after kv_write_linger, with the changes decided meanwhile).
+        await wait_until(lambda: held.started >= 1)
+        await asyncio.sleep(0.05)
+        assert held.started == 1
         # A compare-and-set still waits for the acknowledged value.
         pending = asyncio.ensure_future(client.call("HSETNX", "h", "n", "x"))
         await asyncio.sleep(HELD_REPLY_SECONDS)

@@ -54,6 +54,9 @@ class QueuedChange:
     ahead: int = 0
     """Decided on the value of a write still in flight (``submit_decided``): the version
     of the value it made; its reply is already set."""
+    blind: bool = False
+    """Its new value does not depend on the key's value (a plain ``SET``): a batch it
+    starts need not read the key first, and its write needs no revision check."""
 
 
 BatchApplier = Callable[[str, list[QueuedChange]], Awaitable[None]]
@@ -66,6 +69,8 @@ class ChangeQueues:
         self._apply = apply
         self._queues: dict[str, list[QueuedChange]] = {}
         self._flushers: set[asyncio.Task[None]] = set()
+        self._lingering: dict[str, asyncio.Future[None]] = {}
+        """Keys whose flusher waits for more changes, woken by an undecided change."""
 
     def busy(self, kv_key: str) -> bool:
         """Whether a change of ``kv_key`` is queued or being written."""
@@ -98,17 +103,44 @@ class ChangeQueues:
         replaces_stream: bool = False,
         announce: bool = True,
         confirm: bool = True,
+        blind: bool = False,
     ) -> asyncio.Future[Any]:
         """Queue ``change``; the future gets its reply (or its error) once written, or
         once decided when ``confirm`` is false and the keyspace writes behind."""
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue(kv_key).append(
-            QueuedChange(key, change, replaces_stream, reply, confirm, write_owner.get())
+            QueuedChange(
+                key, change, replaces_stream, reply, confirm, write_owner.get(), blind=blind
+            )
         )
         hook = change_queued.get()
         if announce and hook is not None and not hook.done():
             hook.set_result(None)
+        lingering = self._lingering.get(kv_key)
+        if lingering is not None and not lingering.done():
+            lingering.set_result(None)  # someone waits for this reply: write now
         return reply
+
+    async def linger(self, kv_key: str, seconds: float) -> list[QueuedChange]:
+        """Wait up to ``seconds`` (less if an undecided change of ``kv_key`` arrives), then
+        take every change queued meanwhile, in order, for the flusher's write in progress:
+        those decided at once (``submit_decided``) and the one that cut the wait short
+        (a ``DEL`` after a ``SET``: one write, not two in a row)."""
+        queue = self._queues.get(kv_key)
+        if queue is None:
+            return []
+        if not self.waiting(kv_key):
+            woken = asyncio.get_running_loop().create_future()
+            self._lingering[kv_key] = woken
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(seconds):
+                        await woken
+            finally:
+                del self._lingering[kv_key]
+        taken = queue[:]
+        queue.clear()
+        return taken
 
     def _queue(self, kv_key: str) -> list[QueuedChange]:
         queue = self._queues.get(kv_key)

@@ -74,8 +74,10 @@ async def set_value(conn: Connection, key: bytes, value: bytes, options: SetOpti
         raise CommandError(WRONGTYPE)
     # A condition or GET makes SET a compare-and-set: answered once stored.
     confirm = options.condition is not None or options.get
+    # Without a condition, GET or KEEPTTL the new value ignores the old one.
+    blind = not confirm and not options.keep_ttl
     return await conn.server.keyspace.mutate(
-        conn.db, key, apply, replaces_stream=True, confirm=confirm
+        conn.db, key, apply, replaces_stream=True, confirm=confirm, blind=blind
     )
 
 

@@ -9,7 +9,10 @@ also carries a per-message TTL so the server drops expired keys by itself. Chang
 one key queue and are written together (:mod:`change_queue`); reads come from a cache
 that a watch on the bucket keeps true (:mod:`kv_cache`). With ``kv_write_behind`` a
 change that needs no confirmation is answered once it is decided, in order, on the
-value this adapter knows, and its write is acknowledged behind the reply (decision 27).
+value this adapter knows, and its write is acknowledged behind the reply (decision 27);
+such a write lingers ``kv_write_linger`` first so that the key's next changes join it,
+a plain ``SET`` of a key not cached here is written without reading it, and large
+hashes are encoded field by field (decision 29).
 
 Stream keys live in the :class:`~gateway.resp.stream_space.StreamSpace`; the keyspace
 asks it so that ``TYPE``, ``EXISTS``, ``DEL``, ``KEYS`` and ``SCAN`` cover them too, and
@@ -21,120 +24,40 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from nats.aio.client import Client as NatsClient
 
 from eventstore.store import EventStore
 from gateway.resp.change_queue import ChangeQueues, QueuedChange
+from gateway.resp.hash_encodings import HashEncodings
 from gateway.resp.key_names import decode_key, encode_key, glob_match
+from gateway.resp.keyspace_changes import (
+    NOTHING,
+    UNCHANGED,
+    Change,
+    Outcome,
+    Unchanged,
+    ValueTooLarge,
+    alive,
+    live,
+    maybe_too_large,
+    now_ms,
+    peek,
+    utf8,
+)
 from gateway.resp.kv_cache import ABSENT, WRITER_HEADER, Absent, KVCache
+from gateway.resp.kv_connection import connect
 from gateway.resp.kvstore import KVRecord, KVStore, RevisionConflict
 from gateway.resp.replies import WRONGTYPE, CommandError
 from gateway.resp.settings import RespSettings
 from gateway.resp.values import Kind, StoredValue
 
-if TYPE_CHECKING:
-    from gateway.resp.stream_space import StreamSpace
-
 R = TypeVar("R")
 
-
-class Unchanged:
-    """Returned by a change function that leaves the key as it is."""
-
-
-UNCHANGED = Unchanged()
-_NOTHING = object()
-
-
-class Change(Generic[R]):
-    """What a change function decided: the new value (``None`` deletes) and the reply."""
-
-    __slots__ = ("reply", "value")
-
-    def __init__(self, value: StoredValue | Unchanged | None, reply: R) -> None:
-        self.value = value
-        self.reply = reply
-
-
-def _utf8(key: bytes) -> bool:
-    try:
-        key.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class ValueTooLarge(Exception):
-    """A key's new value does not fit in one NATS message."""
-
-
-def _live(record: KVRecord | None) -> StoredValue | None:
-    if record is None or record.body is None:
-        return None
-    value: StoredValue | None = record.decoded
-    if value is None:
-        # Decoded once per record: change functions never modify a value in place.
-        value = record.decoded = StoredValue.decode(record.body)
-    return None if value.expired(now_ms()) else value
-
-
-def _peek(current: StoredValue | None) -> Change[StoredValue | None]:
-    return Change(UNCHANGED, current)
-
-
-def _alive(value: StoredValue | None) -> StoredValue | None:
-    return None if value is None or value.expired(now_ms()) else value
-
-
-def _maybe_too_large(value: StoredValue, limit: int) -> bool:
-    """Whether the encoded value could exceed ``limit`` (a cheap bound: every byte
-    escaped as ``\\u00XX``, every item with room for its punctuation and score)."""
-    data = value.data
-    if isinstance(data, bytes):
-        size, items = len(data), 1
-    elif isinstance(data, dict):
-        size = sum(len(k) + (len(v) if isinstance(v, bytes) else 0) for k, v in data.items())
-        items = len(data)
-    else:
-        size, items = sum(len(item) for item in data), len(data)
-    return 6 * size + 32 * items + 128 > limit
-
-
-class _Outcome:
-    """What a batch of changes decided: the final value and one reply (or error) each."""
-
-    __slots__ = ("changed", "delete_stream", "replies", "value", "wrote")
-
-    def __init__(self, value: StoredValue | None) -> None:
-        self.value = value
-        self.changed = False
-        self.delete_stream = False
-        self.replies: list[Any] = []
-        self.wrote: list[bool] = []
-        """Per change: whether it changed the value (a read or a no-op did not)."""
-
-    def settle(self, batch: list[QueuedChange], *, early: bool = False) -> int:
-        """Hand out the replies; ``early``: only those of changes that need no
-        confirmation, before the write is acknowledged. How many were handed out."""
-        settled = 0
-        for item, reply, wrote in zip(batch, self.replies, self.wrote, strict=True):
-            if item.reply.done():  # the caller went away; its change still counted
-                continue
-            if early and item.confirm:
-                continue
-            if isinstance(reply, CommandError):
-                item.reply.set_exception(reply)
-            else:
-                item.reply.set_result(reply)
-                item.answered_early = early and wrote
-            settled += 1
-        return settled
+if TYPE_CHECKING:
+    from gateway.resp.stream_space import StreamSpace
 
 
 class Keyspace:
@@ -145,6 +68,8 @@ class Keyspace:
     ) -> None:
         self.settings = settings
         self.streams = streams
+        self._store = store
+        self._own_nc: NatsClient | None = None
         self.cache = KVCache(
             store.nc, settings.kv_bucket, size=settings.kv_cache_size, sync=settings.kv_cache_sync
         )
@@ -156,6 +81,7 @@ class Keyspace:
             writer_headers={WRITER_HEADER: self.cache.writer_id},
         )
         self._queues = ChangeQueues(self._apply_batch)
+        self._hash_texts = HashEncodings()
         self._settled: dict[str, tuple[StoredValue | None, int]] = {}
         """Values answered early whose write is not acknowledged yet (write-behind), each
         with a version (``_versions``) so a finished write forgets only its own value."""
@@ -166,13 +92,32 @@ class Keyspace:
         """Writes behind an early reply that then failed (``INFO stats``)."""
 
     async def start(self) -> None:
-        await self.kv.ensure()
-        await self.cache.start()
+        options = self._store.connect_options
+        if self.settings.kv_own_connection and options is not None:
+            # No echo: the bucket's watch would otherwise get back every value this
+            # adapter writes (the whole value, ~390 KB per by-framework echo run) only to
+            # skip it by its writer header.
+            self._own_nc = await connect(options, no_echo=True, name_suffix="-redis-kv")
+            self.kv.use(self._own_nc)
+            self.cache.use(self._own_nc)
+        try:
+            await self.kv.ensure()
+            await self.cache.start()
+        except BaseException:
+            if self._own_nc is not None:
+                await self._own_nc.close()
+            raise
 
     async def close(self) -> None:
         # Writes behind early replies get the shutdown time to reach the server.
         await self._queues.close(grace=self.settings.shutdown_timeout)
         await self.cache.close()
+        if self._own_nc is not None and not self._own_nc.is_closed:
+            await self._own_nc.close()
+
+    async def stored(self) -> None:
+        """Return once every change made so far is written (or has failed)."""
+        await self._queues.drained()
 
     @staticmethod
     def _kv_key(db: int, key: bytes) -> str:
@@ -185,14 +130,14 @@ class Keyspace:
             if kv_key in self._settled and not self._queues.waiting(kv_key):
                 # Answered early and being written: that is the key's value now.
                 self.cache.hits += 1
-                return _alive(self._settled[kv_key][0])
+                return alive(self._settled[kv_key][0])
             # A change of this key is queued or being written: read in line with it,
             # so a client sees its own pipelined writes.
             value: StoredValue | None = await self._queues.submit(
-                kv_key, key, _peek, announce=False, confirm=False
+                kv_key, key, peek, announce=False, confirm=False
             )
             return value
-        return _live(await self._record(kv_key))
+        return live(await self._record(kv_key))
 
     async def _record(self, kv_key: str) -> KVRecord | None:
         """The key's last message, from the cache when it is known there."""
@@ -226,6 +171,7 @@ class Keyspace:
         *,
         replaces_stream: bool = False,
         confirm: bool = False,
+        blind: bool = False,
     ) -> R:
         """Apply ``change`` atomically: read, decide, write if the revision is unchanged.
 
@@ -237,6 +183,11 @@ class Keyspace:
 
         ``confirm``: answer only once the write is acknowledged, even with write-behind
         (compare-and-set style commands: SET NX/XX/GET, INCR, pops, lease scripts).
+
+        ``blind``: ``change`` ignores the value it gets (a plain ``SET``): when the key is
+        not cached, it is written without reading it first and without a revision
+        check, as Redis's last ``SET`` wins (a key by-framework creates is never cached:
+        the read was a round trip before the reply).
         """
         kv_key = self._kv_key(db, key)
         base = None if confirm else self._decided_base(kv_key)
@@ -248,6 +199,7 @@ class Keyspace:
             change,
             replaces_stream=replaces_stream,
             confirm=confirm or not self.settings.kv_write_behind,
+            blind=blind,
         )
         return reply
 
@@ -264,7 +216,7 @@ class Keyspace:
             and not self._queues.waiting(kv_key)
             and self._write_behind_allowed()
         ):
-            return _alive(self._settled[kv_key][0])
+            return alive(self._settled[kv_key][0])
         return None
 
     def _decide_now(
@@ -280,9 +232,9 @@ class Keyspace:
         decided = change(base)  # a CommandError is the reply and changes nothing
         if isinstance(decided.value, Unchanged):
             return decided.reply
-        if decided.value is not None and _maybe_too_large(decided.value, self.kv.max_value_size):
+        if decided.value is not None and maybe_too_large(decided.value, self.kv.max_value_size):
             try:
-                self._encoded(decided.value)
+                self._encoded(kv_key, decided.value)
             except ValueTooLarge as exc:
                 raise CommandError(str(exc)) from None
         version = next(self._versions)
@@ -298,7 +250,7 @@ class Keyspace:
         except BaseException:
             # Not stored (or not known to be): forget what was answered early and read
             # the server's value next time.
-            if self._settled.pop(kv_key, _NOTHING) is not _NOTHING:
+            if self._settled.pop(kv_key, NOTHING) is not NOTHING:
                 self.cache.drop(kv_key)
                 self.lost_writes += sum(item.answered_early for item in batch)
             raise
@@ -313,58 +265,107 @@ class Keyspace:
         version: int | None = None
         conflicts = 0
         trust_cache = True
+        # A blind first change decides the value whatever the key held: no read, and an
+        # unconditional write (nothing older can conflict with it).
+        blind = batch[0].blind and not self.cache.knows(kv_key)
+        lingered = False
         while True:
             epoch = self.cache.epoch()
-            record = await self._record(kv_key) if trust_cache else await self._fresh(kv_key)
-            outcome = await self._decide(key, _live(record), batch)
+            record: KVRecord | None = None
+            if not blind:
+                record = await self._record(kv_key) if trust_cache else await self._fresh(kv_key)
+            outcome = await self._decide(key, live(record), batch)
             if not outcome.changed:
                 outcome.settle(batch)
                 return version
             if outcome.delete_stream:
                 await self.delete_stream(key)
+            early = self._may_answer_early(outcome)
+            encoded: tuple[bytes | None, float | None] | None = None
+            if not early or self._maybe_too_large(outcome.value):
+                try:
+                    encoded = self._encoded(kv_key, outcome.value)
+                except ValueTooLarge as exc:
+                    await self._apply_apart(kv_key, batch, exc)
+                    return None
+            if early:
+                version = self._answer_early(kv_key, batch, outcome) or version
+                if not lingered and self._lingers(batch, outcome):
+                    # Answered already: wait a little for the key's next changes (decided
+                    # at once on this value meanwhile, or one that waits for the write)
+                    # and write them all in one message.
+                    lingered = True
+                    more = await self._queues.linger(kv_key, self.settings.kv_write_linger)
+                    if more:
+                        batch.extend(more)  # the caller's list: a failure reaches them too
+                        continue
+            body, ttl = encoded if encoded is not None else self._encoded(kv_key, outcome.value)
             try:
-                body, ttl = self._encoded(outcome.value)
-            except ValueTooLarge as exc:
-                if len(batch) == 1:
-                    raise CommandError(str(exc)) from None
-                # Together too large: each change alone may still fit (or fail alone).
-                for item in batch:
-                    await self._apply_batch_once(kv_key, [item])
-                return None
-            if self._may_answer_early(outcome):
-                # The value is decided and in line: the replies need not wait for the
-                # server (a conflict re-applies the changes; a failure is reported).
-                newest = self._settled.get(kv_key, (None, 0))[1]
-                if newest <= max(item.ahead for item in batch):
-                    # Else changes decided ahead on top of this value are shown already.
-                    version = next(self._versions)
-                    self._settled[kv_key] = (outcome.value, version)
-                self.early_replies += outcome.settle(batch, early=True)
-            try:
-                written = await self._put(kv_key, record, outcome.value, body, ttl)
+                revision = None if blind else 0 if record is None else record.revision
+                written = await self._put(kv_key, revision, outcome.value, body, ttl)
             except RevisionConflict:
                 # Another adapter wrote the key (or a message expired): read it afresh.
                 self.cache.drop(kv_key)
                 trust_cache = False
                 conflicts += 1
-                if conflicts >= self.settings.cas_retries:
-                    raise CommandError(
-                        f"ERR jetledger redis: key changed concurrently {conflicts} times "
-                        "in a row; try again"
-                    ) from None
-                await asyncio.sleep(random.uniform(0, self.settings.cas_backoff * conflicts))
+                await self._back_off(conflicts)
                 continue
             self.cache.store(kv_key, written, epoch)
             outcome.settle(batch)
             return version
 
-    def _may_answer_early(self, outcome: _Outcome) -> bool:
+    async def _apply_apart(
+        self, kv_key: str, batch: list[QueuedChange], exc: ValueTooLarge
+    ) -> None:
+        if len(batch) == 1:
+            raise CommandError(str(exc)) from None
+        # Together too large: each change alone may still fit (or fail alone).
+        for item in batch:
+            await self._apply_batch_once(kv_key, [item])
+
+    def _answer_early(self, kv_key: str, batch: list[QueuedChange], outcome: Outcome) -> int | None:
+        """Send the replies of ``batch`` before its write (decision 27): the value is
+        decided and in line (a conflict re-applies the changes; a failure is reported).
+        The version the value is held under for reads, if it is the newest."""
+        version = None
+        newest = self._settled.get(kv_key, (None, 0))[1]
+        if newest <= max(item.ahead for item in batch):
+            # Else changes decided ahead on top of this value are shown already.
+            version = next(self._versions)
+            self._settled[kv_key] = (outcome.value, version)
+        self.early_replies += outcome.settle(batch, early=True)
+        return version
+
+    async def _back_off(self, conflicts: int) -> None:
+        if conflicts >= self.settings.cas_retries:
+            raise CommandError(
+                f"ERR jetledger redis: key changed concurrently {conflicts} times "
+                "in a row; try again"
+            ) from None
+        await asyncio.sleep(random.uniform(0, self.settings.cas_backoff * conflicts))
+
+    def _may_answer_early(self, outcome: Outcome) -> bool:
         """Write-behind applies unless NATS is known to be away (the write would fail
         for sure) or another adapter writes to the bucket: then a value decided here may
         be stale, and only the revision check of the write can tell. ``kv_cache_sync``
         promises that a reply seen anywhere is seen by every later read of every
         adapter, which only a stored write can keep (decision 27)."""
         return not outcome.delete_stream and self._write_behind_allowed()
+
+    def _maybe_too_large(self, value: StoredValue | None) -> bool:
+        return value is not None and maybe_too_large(value, self.kv.max_value_size)
+
+    def _lingers(self, batch: list[QueuedChange], outcome: Outcome) -> bool:
+        """Whether the write of ``batch`` may wait ``kv_write_linger`` for more changes:
+        every reply of it is sent, the value is not a delete, and no other adapter of the
+        bucket announced itself lately (its reads only see stored writes: lingering would
+        widen that window from an acknowledgement to the linger)."""
+        return (
+            self.settings.kv_write_linger > 0
+            and outcome.value is not None
+            and not any(item.confirm for item in batch)
+            and self.cache.peerless_for(self.settings.kv_write_behind_quiet_seconds)
+        )
 
     def _write_behind_allowed(self) -> bool:
         return (
@@ -382,10 +383,10 @@ class Keyspace:
 
     async def _decide(
         self, key: bytes, current: StoredValue | None, batch: list[QueuedChange]
-    ) -> _Outcome:
+    ) -> Outcome:
         """Run the changes in order; a change that raises fails alone."""
         is_stream = current is None and await self.is_stream(key)
-        outcome = _Outcome(current)
+        outcome = Outcome(current)
         for item in batch:
             try:
                 change = item.change(outcome.value)
@@ -409,14 +410,15 @@ class Keyspace:
             outcome.wrote.append(True)
         return outcome
 
-    def _encoded(self, new: StoredValue | None) -> tuple[bytes | None, float | None]:
+    def _encoded(self, kv_key: str, new: StoredValue | None) -> tuple[bytes | None, float | None]:
         """The body to store (``None``: a delete marker) and its per-message TTL."""
         if new is None:
+            self._hash_texts.forget(kv_key)
             return None, None
         ttl = None
         if new.expire_at_ms is not None:
             ttl = (new.expire_at_ms - now_ms()) / 1000 + 1
-        body = new.encode()
+        body = self._hash_texts.encode(kv_key, new)
         if len(body) > self.kv.max_value_size:
             raise ValueTooLarge(
                 f"ERR value too large for jetledger redis: {len(body)} bytes stored, the NATS "
@@ -427,12 +429,11 @@ class Keyspace:
     async def _put(
         self,
         kv_key: str,
-        record: KVRecord | None,
+        revision: int | None,
         new: StoredValue | None,
         body: bytes | None,
         ttl: float | None,
     ) -> KVRecord:
-        revision = 0 if record is None else record.revision
         if body is None:
             marker = await self.kv.delete(kv_key, revision, self.settings.tombstone_ttl_seconds)
             return KVRecord(None, marker)
@@ -450,12 +451,12 @@ class Keyspace:
 
     async def is_stream(self, key: bytes) -> bool:
         """Whether ``key`` is a stream (stream keys are UTF-8: no other key can be one)."""
-        if self.streams is None or not _utf8(key):
+        if self.streams is None or not utf8(key):
             return False
         return await self.streams.exists(key)
 
     async def delete_stream(self, key: bytes) -> bool:
-        if self.streams is None or not _utf8(key):
+        if self.streams is None or not utf8(key):
             return False
         return await self.streams.delete(key)
 

@@ -3,9 +3,12 @@
 Every write to a key is a publish on ``$KV.<bucket>.<key>``, so a core subscription to
 the bucket sees each write of every adapter as it reaches the server. This adapter's own
 writes carry a ``Jl-Redis-Writer`` header naming it and are cached from their
-acknowledgement; any other write to a key drops that key from the cache (a write the
+acknowledgement (on the keyspace's own ``no_echo`` connection they do not even come
+back; decision 29); any other write to a key drops that key from the cache (a write the
 server then refuses only costs one read more). ``FLUSHDB`` is an API call, not a publish,
-so it is announced on a subject of its own and clears every adapter's cache.
+so it is announced on a subject of its own and clears every adapter's cache. Adapters
+also announce themselves on a presence subject, so that one knows whether another may
+be reading what it writes (a lingering write is seen late there).
 
 A value is stored in the cache only if no foreign write to its key was seen since the
 read (or write) that produced it began: :meth:`KVCache.epoch` before the request,
@@ -19,6 +22,7 @@ PING round trip first (see docs/decisions.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import OrderedDict
@@ -26,10 +30,16 @@ from collections import OrderedDict
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 
 from gateway.resp.kvstore import KVRecord
 
 WRITER_HEADER = "Jl-Redis-Writer"
+GREETING_SECONDS = 0.5
+"""How long a starting adapter waits for another one to answer its greeting."""
+PRESENCE_EVERY = 10.0
+"""Seconds between two announcements of an adapter on its bucket's presence subject."""
 SYNC_DRAIN_STEPS = 1000
 """Loop turns a sync waits for the invalidations it flushed to be handled (they are
 handled without awaiting, so a few turns always suffice)."""
@@ -63,16 +73,61 @@ class KVCache:
         self._next_sync: asyncio.Future[None] | None = None
         self.hits = 0
         self.misses = 0
+        self.writes_seen = 0
+        """Writes to the bucket the watch received (with ``no_echo``: other adapters')."""
         self._foreign_at = -float("inf")
         """``time.monotonic()`` of the last write of another adapter seen here."""
+        self.presence_subject = f"_JL.redis.{bucket}.adapters"
+        self._peer_at = -float("inf")
+        """``time.monotonic()`` of the last announcement of another adapter seen here."""
+        self._announcer: asyncio.Task[None] | None = None
+
+    def use(self, nc: NatsClient) -> None:
+        """Watch the bucket over ``nc`` (before :meth:`start`)."""
+        self._nc = nc
 
     async def start(self) -> None:
         self._subscriptions = [
             await self._nc.subscribe(self._prefix + ">", cb=self._on_write),
             await self._nc.subscribe(self.flush_subject, cb=self._on_flush),
+            await self._nc.subscribe(self.presence_subject, cb=self._on_presence),
         ]
+        # A request: once any other adapter has answered, it knows of this one too (it
+        # answers after noting it), so neither lingers a write the other may read. Alone,
+        # the server answers "no responders" at once.
+        with contextlib.suppress(TimeoutError, NoRespondersError):
+            await self._nc.request(
+                self.presence_subject, self.writer_id.encode(), timeout=GREETING_SECONDS
+            )
+            self._peer_at = time.monotonic()
+        self._announcer = asyncio.ensure_future(self._announce())
+
+    async def _announce(self) -> None:
+        """Remind the other adapters of the bucket every ``PRESENCE_EVERY`` seconds that
+        this one is here (and may read what they write)."""
+        while True:
+            await asyncio.sleep(PRESENCE_EVERY)
+            # A connection lost meanwhile skips one announcement, not all later ones.
+            with contextlib.suppress(NatsError):
+                await self._nc.publish(self.presence_subject, self.writer_id.encode())
+
+    async def _on_presence(self, msg: Msg) -> None:
+        self._handled += 1
+        if msg.data != self.writer_id.encode():
+            self._peer_at = time.monotonic()
+            if msg.reply:
+                await self._nc.publish(msg.reply, self.writer_id.encode())
+
+    def peerless_for(self, seconds: float) -> bool:
+        """Whether no other adapter of the bucket announced itself for ``seconds``."""
+        return time.monotonic() - self._peer_at >= seconds
 
     async def close(self) -> None:
+        if self._announcer is not None:
+            self._announcer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._announcer
+            self._announcer = None
         for subscription in self._subscriptions:
             if not self._nc.is_closed:
                 await subscription.unsubscribe()
@@ -82,6 +137,7 @@ class KVCache:
 
     async def _on_write(self, msg: Msg) -> None:
         self._handled += 1
+        self.writes_seen += 1
         headers = msg.headers or {}
         if headers.get(WRITER_HEADER) == self.writer_id:
             return
@@ -118,6 +174,10 @@ class KVCache:
         """Take before a read or write whose outcome will be :meth:`store`\\ d."""
         return self._epoch
 
+    def knows(self, key: str) -> bool:
+        """Whether ``key``'s record is cached (not counted as a hit or a miss)."""
+        return key in self._records
+
     def lookup(self, key: str) -> CachedRecord | None:
         """The cached record (``ABSENT``: known not to exist), ``None`` if unknown."""
         record = self._records.get(key)
@@ -141,6 +201,11 @@ class KVCache:
         self._records.pop(key, None)
 
     # -- read barrier ------------------------------------------------------------
+
+    async def sync_now(self) -> None:
+        """Return once every write acknowledged before this call has been seen here,
+        whatever ``kv_cache_sync`` says."""
+        await self._round_trip()
 
     async def sync(self) -> None:
         """With ``kv_cache_sync``: return once every write the server acknowledged to

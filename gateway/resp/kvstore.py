@@ -38,6 +38,12 @@ class KVRecord:
     more often than it changes, and a big hash is costly to decode every time."""
 
 
+def _expecting(headers: dict[str, str], revision: int | None) -> dict[str, str]:
+    if revision is None:
+        return dict(headers)
+    return {**headers, "Nats-Expected-Last-Subject-Sequence": str(revision)}
+
+
 class KVStore:
     """One KV bucket (stream ``KV_<bucket>``) with revision-checked writes."""
 
@@ -61,6 +67,11 @@ class KVStore:
         self.stream = f"KV_{bucket}"
         self._prefix = f"$KV.{bucket}."
         self._replicas = replicas
+
+    def use(self, nc: NatsClient) -> None:
+        """Talk to the bucket over ``nc`` from now on (before the first request)."""
+        self._nc = nc
+        self._js = nc.jetstream(timeout=self._timeout)
 
     async def ensure(self) -> None:
         """Create the bucket (idempotent); per-message TTLs are enabled by nats-py."""
@@ -90,16 +101,14 @@ class KVStore:
         return int(self._nc.max_payload or 1024 * 1024) - HEADER_ROOM
 
     async def put(
-        self, key: str, body: bytes, expected_revision: int, ttl_seconds: float | None
+        self, key: str, body: bytes, expected_revision: int | None, ttl_seconds: float | None
     ) -> int:
-        """Write ``body`` if the key's last revision is still ``expected_revision`` (0: none).
+        """Write ``body`` if the key's last revision is still ``expected_revision`` (0: none;
+        ``None``: whatever it is, for a value that does not depend on the old one).
 
         ``ttl_seconds`` lets the server drop the message on its own after expiry, so
         expired keys do not pile up even if nobody reads them again."""
-        headers = {
-            **self._writer_headers,
-            "Nats-Expected-Last-Subject-Sequence": str(expected_revision),
-        }
+        headers = _expecting(self._writer_headers, expected_revision)
         self.writes += 1
         ttl = None if ttl_seconds is None else max(1, math.ceil(ttl_seconds))
         try:
@@ -110,14 +119,13 @@ class KVStore:
             raise
         return int(ack.seq)
 
-    async def delete(self, key: str, expected_revision: int, marker_ttl: int) -> int:
+    async def delete(self, key: str, expected_revision: int | None, marker_ttl: int) -> int:
         """Replace the key by a purge marker that itself disappears after ``marker_ttl`` s."""
         self.writes += 1
         headers = {
-            **self._writer_headers,
+            **_expecting(self._writer_headers, expected_revision),
             KV_OPERATION: "PURGE",
             "Nats-Rollup": "sub",
-            "Nats-Expected-Last-Subject-Sequence": str(expected_revision),
         }
         try:
             ack = await self._js.publish(

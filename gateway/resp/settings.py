@@ -90,6 +90,17 @@ class RespSettings:
     always wait for the acknowledgement. A write that then fails is reported to the
     client's next command (decision 27). Off while ``kv_cache_sync`` is set."""
 
+    kv_own_connection: bool = True
+    """Talk to the KV bucket (reads, writes and the cache's watch) over a NATS connection
+    of the keyspace's own, opened with ``no_echo`` so that this adapter's writes do not
+    come back to its watch (the store must have been opened with connect options)."""
+
+    kv_write_linger: float = 0.02
+    """With write-behind, seconds a write whose replies are all sent waits before it goes
+    out, so that the key's next changes (answered at once meanwhile) join it: by-framework
+    rewrites its session registry hash five times a run, a few ms apart. Cut short when a
+    change that needs the write arrives. 0: write at once (decision 29)."""
+
     kv_write_behind_quiet_seconds: float = 30.0
     """Write-behind pauses while another adapter writes to the same bucket, and resumes
     once none of its writes was seen for this long: a value decided on this adapter's
