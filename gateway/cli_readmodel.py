@@ -359,7 +359,12 @@ def _duckdb_events_to_parquet(duck_path: Path, out: Path) -> None:
         ]
         if not tables:
             raise RuntimeError("the export database has no events table")
-        conn.execute(f"COPY (SELECT * FROM {tables[0]} ORDER BY seq) TO '{out}' (FORMAT parquet)")
+        # key_hash: the DuckDB backend's look-up column, not a field of the EventLog
+        described = conn.execute(f"DESCRIBE {tables[0]}").fetchall()
+        columns = ", ".join(f'"{row[0]}"' for row in described if row[0] != "key_hash")
+        conn.execute(
+            f"COPY (SELECT {columns} FROM {tables[0]} ORDER BY seq) TO '{out}' (FORMAT parquet)"
+        )
 
 
 __all__ = ["register"]

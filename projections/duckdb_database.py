@@ -18,7 +18,15 @@ from typing import Any
 import duckdb
 
 from projections.contract import TABLES, BatchKeys, Changes, RunFilter, Snapshot
-from projections.duckdb_tables import SPECS, bind_list, encode_time, quote, unnest_param
+from projections.duckdb_tables import (
+    KEY_HASH,
+    SPECS,
+    bind_list,
+    encode_time,
+    key_hash_sql,
+    quote,
+    unnest_param,
+)
 from projections.rows import (
     EventRow,
     GroupRow,
@@ -34,10 +42,19 @@ _ACTIVE_VERSION = "active_version"
 _RUN_FILTER_COLUMNS = ("status", "agent_type", "session_id", "root_run_id", "parent_run_id")
 _OLDEST_RUN_FIRST = '"first_seq", "run_id"'
 _CREATE_ATTEMPTS = 5
+_PARSED_LIMIT = 256
+_WRITER_THREADS = 1
 _AMONG_KEYS = f" SEMI JOIN (SELECT {unnest_param('str')} AS wanted) ON {{key}} = wanted"
 """Rows whose ``key`` is in a :func:`bind_list` parameter. A hash semi-join: the probe
 side is the batch's keys, so the table is scanned once (``list_contains`` in a WHERE
 clause tested every row against the whole list, O(rows x keys))."""
+_AMONG_HASHES = f" WHERE {quote(KEY_HASH)} IN (SELECT {key_hash_sql(unnest_param('str'))})"
+"""Rows whose hashed key may be in a :func:`bind_list` parameter (a collision brings a
+stranger: callers keep the exact matches). The event-id look-up scans the whole
+EventLog every batch (DuckDB uses its ART index for one key, never for a list):
+joining on 64-bit hashes instead of the id strings took it from 31 to 10 ms of CPU
+per 2,000 ids at 500k events. The other look-ups fetch every column of the rows, which
+costs more than hashing their keys; hashes measured no gain there."""
 
 
 class ReadModelNotFoundError(LookupError):
@@ -67,6 +84,11 @@ class DuckDbDatabase:
         self._deletes = {
             name: spec.delete_sql(self.table_name(name)) for name, spec in SPECS.items()
         }
+        # Parsed statements by SQL text. DuckDB 2's parser takes ~1 ms for one of the
+        # batch's wide INSERT ... SELECT unnest(...) statements, about as long as running
+        # it on 300 rows; a parsed statement is bound afresh on each execute, so reusing
+        # it is safe across DROP / CREATE of the tables it names.
+        self._parsed: dict[str, duckdb.Statement] = {}
 
     @classmethod
     def open(
@@ -81,6 +103,10 @@ class DuckDbDatabase:
             if read_only:
                 database.require_tables()
             else:
+                # A batch's statements touch a few thousand rows: DuckDB's second thread
+                # added 5-14 us of CPU per event and no speed (replay of recorded batches).
+                # The setting is the database's, in the one process that writes it.
+                connection.execute(f"SET threads = {_WRITER_THREADS}")
                 database.create_tables()
         except BaseException:
             connection.close()
@@ -89,6 +115,16 @@ class DuckDbDatabase:
 
     def close(self) -> None:
         self.connection.close()
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> duckdb.DuckDBPyConnection:
+        """``sql`` (one statement) with ``parameters``, parsed once per connection."""
+        statement = self._parsed.get(sql)
+        if statement is None:
+            if len(self._parsed) >= _PARSED_LIMIT:  # filter combinations are few; a bound
+                self._parsed.clear()
+            (statement,) = self.connection.extract_statements(sql)
+            self._parsed[sql] = statement
+        return self.connection.execute(statement, parameters)
 
     def sibling(self) -> DuckDbDatabase:
         """The same tables through a second connection to this database (DuckDB's
@@ -130,6 +166,28 @@ class DuckDbDatabase:
             for name, spec in SPECS.items():
                 for statement in spec.create_sql(self.table_name(name)):
                     execute(statement)
+        self._add_key_hashes()
+
+    def _add_key_hashes(self) -> None:
+        """Give tables made before the hashed keys their ``KEY_HASH`` column, filled.
+        The rows a reader sees do not change, so the schema version stays."""
+        hashed = {self.table_name(name): spec.hashed for name, spec in SPECS.items()}
+        present = self.connection.execute(
+            "SELECT table_name FROM duckdb_columns() WHERE column_name = ?", [KEY_HASH]
+        ).fetchall()
+        missing = {table: key for table, key in hashed.items() if key is not None}
+        for (table,) in present:
+            missing.pop(table, None)
+        if not missing:
+            return
+        with self._transaction():
+            for table, key in missing.items():
+                self.connection.execute(
+                    f"ALTER TABLE {quote(table)} ADD COLUMN {quote(KEY_HASH)} UBIGINT"
+                )
+                self.connection.execute(
+                    f"UPDATE {quote(table)} SET {quote(KEY_HASH)} = {key_hash_sql(quote(key))}"
+                )
 
     def require_tables(self) -> None:
         present = {
@@ -156,7 +214,7 @@ class DuckDbDatabase:
                 # first, so a racing projector fails on the checkpoint, not on a duplicate key
                 self._advance_checkpoint(changes.last_seq)
                 for statement, parameters in writes:
-                    self.connection.execute(statement, parameters)
+                    self.execute(statement, parameters)
         except duckdb.TransactionException as exc:
             raise CheckpointNotAdvancedError(
                 f"checkpoint: another writer committed to {self.table_name('*')} at the same "
@@ -185,7 +243,7 @@ class DuckDbDatabase:
         return writes
 
     def _advance_checkpoint(self, last_seq: int) -> None:
-        moved = self.connection.execute(
+        moved = self.execute(
             f"UPDATE {self._checkpoint} SET seq = ? WHERE id = 1 AND seq < ? RETURNING seq",
             [last_seq, last_seq],
         ).fetchall()
@@ -237,11 +295,11 @@ class DuckDbDatabase:
         return self._read_checkpoint()
 
     def _read_checkpoint(self) -> int:
-        row = self.connection.execute(f"SELECT seq FROM {self._checkpoint} WHERE id = 1").fetchone()
+        row = self.execute(f"SELECT seq FROM {self._checkpoint} WHERE id = 1").fetchone()
         return 0 if row is None else int(row[0])
 
     def active_version(self) -> int | None:
-        row = self.connection.execute(
+        row = self.execute(
             f'SELECT value FROM {self._meta} WHERE "key" = ?', [_ACTIVE_VERSION]
         ).fetchone()
         return None if row is None else int(row[0])
@@ -259,15 +317,16 @@ class DuckDbDatabase:
     def _known_event_ids(self, ids: set[str]) -> set[str]:
         if not ids:
             return set()
-        sql = f"SELECT id FROM {quote(self.table_name('events'))}{_AMONG_KEYS.format(key='id')}"
-        return {row[0] for row in self.connection.execute(sql, [bind_list(list(ids))]).fetchall()}
+        sql = f"SELECT id FROM {quote(self.table_name('events'))}{_AMONG_HASHES}"
+        found = self.execute(sql, [bind_list(list(ids))]).fetchall()
+        return {row[0] for row in found if row[0] in ids}
 
     def _by_key(self, table: str, key: str, ids: set[str]) -> dict[str, Any]:
         if not ids:
             return {}
         spec = SPECS[table]
         sql = spec.select_sql(self.table_name(table)) + _AMONG_KEYS.format(key=quote(key))
-        rows = self.connection.execute(sql, [bind_list(list(ids))]).fetchall()
+        rows = self.execute(sql, [bind_list(list(ids))]).fetchall()
         return {getattr(row, key): row for row in map(spec.to_row, rows)}
 
     def dump(self) -> dict[str, list[dict[str, Any]]]:
@@ -360,7 +419,7 @@ class DuckDbDatabase:
         params = [as_of_seq, as_of_seq, as_of_seq, before, max(limit, 0)]
         return [
             (int(values[-1]), spec.to_row(values[:-1]))
-            for values in self.connection.execute(sql, params).fetchall()
+            for values in self.execute(sql, params).fetchall()
         ]
 
     def transcript(self, session_id: str) -> list[TranscriptRow]:
@@ -403,7 +462,7 @@ class DuckDbDatabase:
         if limit is not None:
             sql += " LIMIT ?"
             bound.append(max(limit, 0))
-        return [spec.to_row(values) for values in self.connection.execute(sql, bound).fetchall()]
+        return [spec.to_row(values) for values in self.execute(sql, bound).fetchall()]
 
 
 __all__ = ["CheckpointNotAdvancedError", "DuckDbDatabase", "ReadModelNotFoundError"]

@@ -25,7 +25,7 @@ from readmodel_suite import (
     world_changes,
 )
 
-from projections.contract import TABLES, ReadModelBackend
+from projections.contract import TABLES, BatchKeys, ReadModelBackend
 from projections.duckdb_backend import (
     CheckpointNotAdvancedError,
     DuckDbReadModel,
@@ -33,6 +33,7 @@ from projections.duckdb_backend import (
     ReadModelNotStartedError,
     ReadOnlyReadModelError,
 )
+from projections.duckdb_tables import KEY_HASH, SPECS
 from projections.sql_backend import SqlReadModel
 
 
@@ -288,6 +289,42 @@ async def test_a_duplicate_event_id_is_refused_as_on_sql(db_path: Path) -> None:
         assert await model.checkpoint() == 1
     finally:
         await model.close()
+
+
+async def test_a_file_from_before_the_id_hashes_is_filled_in_on_open(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files written before ``key_hash`` existed get it on the writer's next open, so
+    a republished event is still recognised (the look-up goes through the hashes)."""
+    with monkeypatch.context() as old_code:
+        old_code.setattr(SPECS["events"], "hashed", None)  # the tables as they were
+        async with started(DuckDbReadModel(db_path)) as model:
+            await model.commit(changes_of(2, events=[event_row(1), event_row(2)]))
+            before = await model.dump()
+    with duckdb.connect(str(db_path), read_only=True) as connection:
+        columns = connection.execute("DESCRIBE jl_v1_events").fetchall()
+        assert KEY_HASH not in {column[0] for column in columns}
+    async with started(DuckDbReadModel(db_path)) as model:
+        keys = BatchKeys(event_ids={"ev-1", "ev-2", "ev-3"})
+        assert (await model.load(keys)).known_event_ids == {"ev-1", "ev-2"}
+        await model.commit(changes_of(3, events=[event_row(3)]))
+        assert (await model.load(keys)).known_event_ids == {"ev-1", "ev-2", "ev-3"}
+        assert (await model.dump())["events"][:2] == before["events"]
+
+
+async def test_parsed_statements_outlive_a_drop_and_recreate(db_path: Path) -> None:
+    """Statements are parsed once per connection and bound at each execute: a backend
+    keeps committing after its tables were dropped and made again under it."""
+    async with started(DuckDbReadModel(db_path)) as model:
+        await model.commit(changes_of(1, events=[event_row(1)], runs=[run_row("r1", 1)]))
+        async with started(DuckDbReadModel(db_path)) as other:
+            await other.drop_namespace()
+        async with started(DuckDbReadModel(db_path)):
+            pass  # makes the tables again, empty
+        await model.commit(changes_of(2, events=[event_row(2)], runs=[run_row("r1", 1)]))
+        counts = await model.counts()
+        assert (counts["events"], counts["runs"], await model.checkpoint()) == (1, 1, 2)
+        assert (await model.load(BatchKeys(event_ids={"ev-1", "ev-2"}))).known_event_ids == {"ev-2"}
 
 
 @pytest.mark.slow
