@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,9 @@ class ProjectorSettings:
     queue_batches: int = 4
     """Read-ahead while a batch is written: up to ``4 * queue_batches`` lists of records
     (a list is what one socket read brought, typically a few hundred records)."""
+    commits_in_flight: int = 2
+    """Most batches committing at once, for a backend that queues commits in order
+    (its ``commit_pipeline_depth``; others get one at a time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +113,13 @@ class Projector:
         batcher = _Batcher(queue, self.settings)
         reader = asyncio.create_task(self._read_into(source, queue))
         stopper = asyncio.create_task(stop.wait()) if stop is not None else None
-        # The commit of the previous batch, running while the next one is folded.
-        committing: _Commit | None = None
+        # Commits under way (oldest first), running while the next batch is folded.
+        committing: deque[_Commit] = deque()
         try:
             while True:
                 batch = await batcher.next(stopper)
                 if batch:
-                    committing = await self._fold_and_commit(batch, committing)
+                    await self._fold_and_commit(batch, committing)
                 if batch is None:
                     failure = (
                         reader.exception() if reader.done() and not reader.cancelled() else None
@@ -125,10 +129,10 @@ class Projector:
                     break
                 if stopper is not None and stopper.done():
                     break
-            if committing is not None:
-                await committing.task  # a clean end leaves nothing half-applied
+            while committing:  # a clean end leaves nothing half-applied
+                await committing.popleft().task
         finally:
-            tasks = [reader, stopper, committing.task if committing is not None else None]
+            tasks = [reader, stopper, *(commit.task for commit in committing)]
             for task in tasks:
                 if task is not None:
                     task.cancel()
@@ -147,35 +151,46 @@ class Projector:
         finally:
             await queue.put(None)  # end of a bounded read, or the reader failed
 
-    async def _fold_and_commit(
-        self, batch: list[StoredRecord], previous: _Commit | None
-    ) -> _Commit:
-        """Fold ``batch`` while ``previous`` commits, then start its own commit.
+    async def _fold_and_commit(self, batch: list[StoredRecord], committing: deque[_Commit]) -> None:
+        """Fold ``batch`` while the batches in ``committing`` commit, then start its own
+        commit (appended to ``committing``).
 
-        Commits stay strictly in order: this one starts only after ``previous`` ended
-        (and raises its error, if any); the rows ``previous`` writes are laid over what
-        the load found (:func:`~projections.overlay.overlay`).
+        Commits are issued strictly in order, and everything before ``committing[0]``
+        has committed; the rows of the batches still committing are laid over what the
+        load found, oldest first (:func:`~projections.overlay.overlay`). With a backend
+        that takes one commit at a time, this one starts only after the previous one
+        ended (and raises its error, if any); one that queues commits in order gets the
+        next while the previous is still being written.
         """
         started = asyncio.get_running_loop().time()
         keys = keys_for(batch)
         snapshot = await self.backend.load(keys)
-        if previous is not None:
-            overlay(snapshot, keys, previous.changes)
+        for pending in committing:
+            overlay(snapshot, keys, pending.changes)
         changes = fold(batch, snapshot)
-        if previous is not None:
-            await previous.task
+        depth = max(1, min(self.settings.commits_in_flight, _pipeline_depth(self.backend)))
+        while committing and (len(committing) >= depth or committing[0].task.done()):
+            await committing.popleft().task
+        # No await between here and the commit's first step: commits start in order.
         task = asyncio.create_task(self._commit(batch, changes, started))
-        return _Commit(changes, task)
+        committing.append(_Commit(changes, task))
 
     async def _commit(self, batch: list[StoredRecord], changes: Changes, started: float) -> None:
         await self.backend.commit(changes)
         async with self._progress:
-            self.checkpoint = changes.last_seq
+            self.checkpoint = max(self.checkpoint, changes.last_seq)
             self.stream_last_seq = max(self.stream_last_seq, changes.last_seq)
             self._progress.notify_all()
         if self.on_batch is not None:
             elapsed = asyncio.get_running_loop().time() - started
             self.on_batch(BatchApplied(batch[0].seq, batch[-1].seq, len(batch), elapsed))
+
+
+def _pipeline_depth(backend: ReadModelBackend) -> int:
+    """How many commits ``backend`` takes at once, in order (an optional attribute:
+    backends without it take one)."""
+    depth = getattr(backend, "commit_pipeline_depth", 1)
+    return depth if isinstance(depth, int) else 1
 
 
 @dataclass(frozen=True, slots=True)

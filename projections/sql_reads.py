@@ -11,6 +11,7 @@ result processing cost more than the database's own index lookups.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -69,7 +70,15 @@ class KeyLoader:
         if not keys:
             return []
         result = await conn.exec_driver_sql(self.sql, (self._bind(list(keys)),))
-        rows: list[Sequence[Any]] = list(result.all())
+        return self._decoded(list(result.all()))
+
+    def rows_sync(self, connection: sqlite3.Connection, keys: Collection[str]) -> list[Any]:
+        """:meth:`rows` on a plain ``sqlite3`` connection (the SQLite load thread's)."""
+        if not keys:
+            return []
+        return self._decoded(connection.execute(self.sql, (self._bind(list(keys)),)).fetchall())
+
+    def _decoded(self, rows: list[Sequence[Any]]) -> list[Sequence[Any]]:
         if not rows or not self._decoders:
             return rows
         columns: list[Iterable[Any]] = list(zip(*rows, strict=True))

@@ -2,23 +2,25 @@
 :mod:`projections.sqlite_process`; stdlib and pydantic-core only, so it starts fast).
 
 It owns one connection and applies one transaction per request: the checkpoint guard,
-then every write, then COMMIT; or nothing. Requests and replies are JSON frames (a
-4-byte big-endian length, then the document) on stdin / stdout. It exits at the end
-of stdin, and on Linux also when its parent dies (``PR_SET_PDEATHSIG``): a killed
-projector leaves no writer behind to commit after a new projector has started.
+then every write, then COMMIT; or nothing. Requests (``marshal`` data) and replies
+(JSON) are frames (a 4-byte big-endian length, then the document) on stdin / stdout.
+It exits at the end of stdin, and on Linux also when its parent dies
+(``PR_SET_PDEATHSIG``): a killed projector leaves no writer behind to commit after a
+new projector has started.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import marshal
 import signal
 import sqlite3
 import struct
 import sys
 from typing import Any, BinaryIO
 
-from pydantic_core import from_json, to_json
+from pydantic_core import to_json
 
 _LENGTH = struct.Struct(">I")
 _PR_SET_PDEATHSIG = 1
@@ -31,7 +33,8 @@ def _die_with_parent() -> None:
 
 
 def read_frame(stream: BinaryIO) -> Any:
-    """The next document, or ``None`` at the end of the stream."""
+    """The next request (``marshal`` data from the parent), or ``None`` at the end of
+    the stream."""
     head = stream.read(_LENGTH.size)
     if len(head) < _LENGTH.size:
         return None
@@ -39,7 +42,7 @@ def read_frame(stream: BinaryIO) -> Any:
     body = stream.read(size)
     if len(body) < size:
         return None
-    return from_json(body)
+    return marshal.loads(body)
 
 
 def write_frame(stream: BinaryIO, document: Any) -> None:
@@ -49,21 +52,32 @@ def write_frame(stream: BinaryIO, document: Any) -> None:
 
 
 class Writer:
-    def __init__(self, database: str, pragmas: list[str], advance: str, current: str) -> None:
+    def __init__(
+        self, database: str, pragmas: list[str], advance: str, advance_after: str, current: str
+    ) -> None:
         # autocommit mode: the transaction is the explicit BEGIN ... COMMIT in commit()
         self.connection = sqlite3.connect(database, isolation_level=None)
         for pragma in pragmas:
             self.connection.execute(pragma)
         self.advance = advance
+        self.advance_after = advance_after
         self.current = current
 
-    def commit(self, seq: int, writes: list[tuple[str, list[list[Any]]]]) -> dict[str, Any]:
+    def commit(
+        self, seq: int, after: int | None, writes: list[tuple[str, list[list[Any]]]]
+    ) -> dict[str, Any]:
+        """Apply one batch. ``after`` (a pipelined request): the checkpoint must be
+        exactly there, so a batch never lands after an earlier one that failed."""
         connection = self.connection
         # IMMEDIATE: take the write lock first, so a rival projector waits here (busy
         # timeout) and then fails on the checkpoint before writing anything.
         connection.execute("BEGIN IMMEDIATE")
         try:
-            if connection.execute(self.advance, (seq, seq)).rowcount != 1:
+            if after is None:
+                moved = connection.execute(self.advance, (seq, seq))
+            else:
+                moved = connection.execute(self.advance_after, (seq, after))
+            if moved.rowcount != 1:
                 row = connection.execute(self.current).fetchone()
                 connection.execute("ROLLBACK")
                 return {"error": "checkpoint", "current": None if row is None else row[0]}
@@ -85,14 +99,18 @@ def main() -> None:
         return
     try:
         writer = Writer(
-            opening["database"], opening["pragmas"], opening["advance"], opening["current"]
+            opening["database"],
+            opening["pragmas"],
+            opening["advance"],
+            opening["advance_after"],
+            opening["current"],
         )
     except sqlite3.Error as error:
         write_frame(replies, {"error": "database", "message": str(error), "type": "open"})
         return
     write_frame(replies, {"ok": True})
     while (request := read_frame(requests)) is not None:
-        write_frame(replies, writer.commit(request["seq"], request["writes"]))
+        write_frame(replies, writer.commit(request["seq"], request.get("after"), request["writes"]))
     writer.connection.close()
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import IO
 
 from readmodel_suite import started
 
@@ -60,11 +61,17 @@ async def cli(settings: StoreSettings, *args: str) -> subprocess.CompletedProces
 
 
 def spawn_project(
-    settings: StoreSettings, nats_url: str, db_url: str, *, capture_output: bool = True
+    settings: StoreSettings,
+    nats_url: str,
+    db_url: str,
+    *,
+    capture_output: bool = True,
+    log_file: IO[str] | None = None,
 ) -> subprocess.Popen[str]:
     """``jetledger project`` in the background (the caller stops it). Without
-    ``capture_output`` its output is discarded, for a process nobody will read from."""
-    output = subprocess.PIPE if capture_output else subprocess.DEVNULL
+    ``capture_output`` its output goes to ``log_file`` (a file nobody has to drain, for
+    a process killed mid-way) or is discarded."""
+    output: int | IO[str] = subprocess.PIPE if capture_output else (log_file or subprocess.DEVNULL)
     return subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "project", "--nats-url", nats_url, "--db", db_url],
         env=store_env(settings),

@@ -984,8 +984,8 @@ class ReadModelSuite(ABC):
             assert_utc(value)
         run = await world.get_run("r1")
         assert run is not None
-        for value in (run.created_at, run.started_at, run.ended_at):
-            assert_utc(value)
+        for run_time in (run.created_at, run.started_at, run.ended_at):
+            assert_utc(run_time)
         assert run.started_at == at(2)  # microseconds survive
 
     async def test_times_in_other_zones_are_stored_as_the_same_instant(

@@ -68,6 +68,58 @@ def project_overlapped(
     return model
 
 
+def project_pipelined(
+    records: list[SourceRecord], cuts: list[int], depth: int, committed_before_load: list[int]
+) -> FakeReadModel:
+    """Fold like the projector with ``depth`` commits in flight: before each load the
+    database has committed some of the in-flight batches, oldest first (how many:
+    ``committed_before_load``, cycled), and the load's result gets every in-flight batch
+    laid over it in order, whether or not the database already had it."""
+    model = DedupingReadModel()
+    bounds = [0, *sorted({cut for cut in cuts if 0 < cut < len(records)}), len(records)]
+    in_flight: list[Changes] = []  # as the projector sees them: not known to be committed
+    written = 0  # how many of in_flight the database has committed
+    for index, (start, stop) in enumerate(itertools.pairwise(bounds)):
+        batch = records[start:stop]
+        keys = keys_for(batch)
+        for changes in in_flight[
+            written : written + committed_before_load[index % len(committed_before_load)]
+        ]:
+            model.commit(changes)
+            written += 1
+        snapshot = model.load(keys)
+        for changes in in_flight:
+            overlay(snapshot, keys, changes)
+        folded = fold(batch, snapshot)
+        while len(in_flight) >= depth:  # the projector awaits the oldest commit
+            if written == 0:
+                model.commit(in_flight[0])
+            else:
+                written -= 1
+            in_flight.pop(0)
+        in_flight.append(folded)
+    for changes in in_flight[written:]:
+        model.commit(changes)
+    return model
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_pipelined_folds_equal_one_fold(seed: int, data: st.DataObject) -> None:
+    rng = random.Random(seed)
+    records = with_republished_events(story(rng), rng)
+    n = len(records)
+    cuts = data.draw(st.lists(st.integers(1, max(1, n - 1)), max_size=12), label="cuts")
+    depth = data.draw(st.integers(1, 3), label="depth")
+    committed = data.draw(
+        st.lists(st.integers(0, 3), min_size=1, max_size=5), label="committed_before_load"
+    )
+    whole = project(records)
+    pipelined = project_pipelined(records, cuts, depth, committed)
+    assert _as_tables(pipelined) == _as_tables(whole)
+    assert pipelined.checkpoint == n
+
+
 def with_republished_events(log: Log, rng: random.Random) -> list[SourceRecord]:
     """The story plus a few events republished later (same id, new seq), as after the
     dedupe window: they must be projected once, across batches too."""

@@ -224,12 +224,19 @@ async def test_kill_9_the_projector_twenty_times_while_events_flow(
             try:
                 for round_no in range(20):
                     before = await live.checkpoint()
-                    projector = spawn_project(settings, nats_url, db_url, capture_output=False)
+                    log_path = tmp_path / f"project{round_no}.log"
+                    with log_path.open("w") as log_file:
+                        projector = spawn_project(
+                            settings, nats_url, db_url, capture_output=False, log_file=log_file
+                        )
                     for _ in range(400):  # until it is applying batches (bounded: 20 s)
                         if await live.checkpoint() > before or projector.poll() is not None:
                             break
                         await asyncio.sleep(0.05)
-                    assert projector.poll() is None, "the projector process died by itself"
+                    assert projector.poll() is None, (
+                        f"the projector process died by itself (exit {projector.returncode}):\n"
+                        + log_path.read_text()[-3000:]
+                    )
                     await asyncio.sleep(rng.uniform(0.0, 0.3))
                     projector.send_signal(signal.SIGKILL)
                     projector.wait(timeout=10)

@@ -22,6 +22,7 @@ import itertools
 import logging
 import os
 import platform
+import resource
 import sqlite3
 import statistics
 import sys
@@ -71,6 +72,21 @@ class Row:
     value: str
     target: str
     passed: bool | None  # None: no target, or the row failed to run
+    cpu: str = "-"
+    """CPU per event of this process (the projector) and of its reaped children (the
+    SQLite write process), in us."""
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds so far of this process and of its children that have ended."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time(), children.ru_utime + children.ru_stime
+
+
+def cpu_per_event(before: tuple[float, float], events: int) -> str:
+    """Since ``before``; call it once the backend is closed (its write process reaped)."""
+    own, children = (now - then for now, then in zip(cpu_seconds(), before, strict=True))
+    return f"{own / events * 1e6:.1f} + {children / events * 1e6:.1f}" if events else "-"
 
 
 def realistic_events(prefix: str) -> Iterator[Event]:
@@ -145,14 +161,16 @@ async def fresh_projector(store: EventStore, name: str, workdir: Path) -> AsyncI
 
 async def catch_up_rate(store: EventStore, name: str, workdir: Path, until_seq: int) -> Row:
     async with fresh_projector(store, name, workdir) as projector:
+        cpu_before = cpu_seconds()
         started = time.perf_counter()
         await projector.catch_up(until_seq)
         seconds = time.perf_counter() - started
         events = projector.checkpoint
+    cpu = cpu_per_event(cpu_before, events)
     rate = events / seconds
     target = TARGET_EVENTS_PER_S[name]
     print(f"{name}: {events:,} events in {seconds:.1f} s ({rate:,.0f} ev/s)", file=sys.stderr)
-    return Row(name, events, seconds, f"{rate:,.0f}", f">= {target:,} ev/s", rate >= target)
+    return Row(name, events, seconds, f"{rate:,.0f}", f">= {target:,} ev/s", rate >= target, cpu)
 
 
 async def replay(store: EventStore, workdir: Path, count: int, events: Iterator[Event]) -> Row:
@@ -161,9 +179,11 @@ async def replay(store: EventStore, workdir: Path, count: int, events: Iterator[
         print(f"replay: appending {missing:,} more events first", file=sys.stderr)
         await fill(store, events, missing)
     async with fresh_projector(store, "sqlite", workdir) as projector:
+        cpu_before = cpu_seconds()
         started = time.perf_counter()
         await projector.catch_up(count)
         seconds = time.perf_counter() - started
+    cpu = cpu_per_event(cpu_before, count)
     # the target is for 1M events; a shorter replay is held to the same rate
     limit = TARGET_REPLAY_S_PER_MILLION * count / 1_000_000
     print(f"replay: {count:,} events in {seconds:.1f} s", file=sys.stderr)
@@ -174,6 +194,7 @@ async def replay(store: EventStore, workdir: Path, count: int, events: Iterator[
         f"{count / seconds:,.0f}",
         f"<= {limit:.0f} s",
         seconds <= limit,
+        cpu,
     )
 
 
@@ -256,11 +277,14 @@ def verdict(row: Row) -> str:
 
 
 def print_table(rows: list[Row], versions: str) -> None:
-    print(f"{'row':<22} {'events':>10} {'seconds':>8}  {'events/s':<26} {'target':<18} result")
+    print(
+        f"{'row':<22} {'events':>10} {'seconds':>8}  {'events/s':<26} {'target':<18} "
+        f"{'result':<6}  cpu us/ev (projector + write process)"
+    )
     for row in rows:
         print(
             f"{row.name:<22} {row.events:>10,} {row.seconds:>8.1f}  {row.value:<26} "
-            f"{row.target:<18} {verdict(row)}"
+            f"{row.target:<18} {verdict(row):<6}  {row.cpu}"
         )
     print(versions)
     print(f"machine: {os.cpu_count()} cores, shared by nats-server, the projector and PostgreSQL")
