@@ -338,8 +338,9 @@ def table(results: dict[str, list[dict[str, float]]], plan: argparse.Namespace) 
             continue
         theirs = medians[names[0]][field]
         values = " ".join(f"{medians[name][field]:13,.1f}" for name in names)
+        # redis-server has no broker beside it: no ratio for the broker's CPU
         ratios = " ".join(
-            f"{medians[name][field] / theirs if theirs else float('nan'):14.2f}x"
+            f"{medians[name][field] / theirs:14.2f}x" if theirs else f"{'-':>15}"
             for name in names[1:]
         )
         lines.append(f"{label:44} {values} {ratios}")
