@@ -226,7 +226,8 @@ async def test_a_quiet_feed_leaves_the_shared_slots_to_a_busy_one(nats_url: str)
             for index in range(6):
                 await store.js.publish(f"{settings.root}.busy.{index}", b"{}")
             await until("busy", 3)
-            assert quiet.pending == 1  # what the quiet feed still holds
+            # The quiet feed holds one request's slot (none between its expiry and renewal).
+            assert quiet.pending <= 1
             await store.js.publish(f"{settings.root}.quiet.0", b"{}")
             await until("quiet", 1)
         finally:
