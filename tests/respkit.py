@@ -219,3 +219,44 @@ async def writes_again_after_restart(client: RawClient, server: EmbeddedNatsServ
             break
         await asyncio.sleep(0.1)
     assert await client.call("GET", "k") == "v3"
+
+
+class TwoAdapters(NamedTuple):
+    """A client of the test's adapter, a second adapter on the same KV bucket (as a
+    second replica of one deployment), and a client of that one."""
+
+    client: RawClient
+    other: RespServer
+    elsewhere: RawClient
+
+
+@contextlib.asynccontextmanager
+async def adapter_beside(
+    nats_url: str, server: RespServer, **overrides: Any
+) -> AsyncIterator[tuple[RespServer, RawClient]]:
+    """A second adapter on ``server``'s KV bucket (settings ``overrides``) and a client
+    of it: what another replica of the deployment sees. Closed on the way out."""
+    settings = adapter_settings(kv_bucket=server.settings.kv_bucket, **overrides)
+    other_store, other = await start_adapter(nats_url, settings)
+    try:
+        elsewhere = await RawClient.connect(other.host, other.port)
+        try:
+            yield other, elsewhere
+        finally:
+            await elsewhere.close()
+    finally:
+        await other.close()
+        await other_store.close()
+
+
+@contextlib.asynccontextmanager
+async def two_adapters(
+    nats_url: str, server: RespServer, **overrides: Any
+) -> AsyncIterator[TwoAdapters]:
+    """:func:`adapter_beside`, plus a client of ``server`` itself."""
+    async with adapter_beside(nats_url, server, **overrides) as (other, elsewhere):
+        client = await RawClient.connect(server.host, server.port)
+        try:
+            yield TwoAdapters(client, other, elsewhere)
+        finally:
+            await client.close()

@@ -11,7 +11,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from respkit import RawClient, adapter_settings, start_adapter, writes_again_after_restart
+from respkit import (
+    RawClient,
+    adapter_beside,
+    adapter_settings,
+    start_adapter,
+    two_adapters,
+    writes_again_after_restart,
+)
 
 from eventstore.embedded import EmbeddedNatsServer
 from gateway.resp.server import RespServer
@@ -67,12 +74,7 @@ async def wait_until(condition: Callable[[], bool]) -> None:
 async def test_write_is_answered_before_its_acknowledgement_and_read_back(
     server: RespServer, nats_url: str
 ) -> None:
-    client = await RawClient.connect(server.host, server.port)
-    other_store, other = await start_adapter(
-        nats_url, adapter_settings(kv_bucket=server.settings.kv_bucket)
-    )
-    elsewhere = await RawClient.connect(other.host, other.port)
-    try:
+    async with two_adapters(nats_url, server) as (client, _other, elsewhere):
         assert await client.call("HSET", "h", "a", "1") == 1
         await wait_until(lambda: not server.keyspace._queues.busy("d0.h"))  # stored
         assert await elsewhere.call("HGETALL", "h") == ["a", "1"]
@@ -97,11 +99,6 @@ async def test_write_is_answered_before_its_acknowledgement_and_read_back(
         assert await elsewhere.call("HGETALL", "h") == ["a", "6", "b", "2"]
         ttl = await elsewhere.call("TTL", "h")
         assert isinstance(ttl, int) and 0 < ttl <= 100
-    finally:
-        await client.close()
-        await elsewhere.close()
-        await other.close()
-        await other_store.close()
 
 
 async def test_compare_and_set_commands_wait_for_the_acknowledgement(
@@ -203,12 +200,7 @@ async def test_shutdown_lets_writes_behind_finish(nats_url: str) -> None:
 async def test_write_behind_pauses_while_another_adapter_writes(
     server: RespServer, nats_url: str
 ) -> None:
-    other_store, other = await start_adapter(
-        nats_url, adapter_settings(kv_bucket=server.settings.kv_bucket)
-    )
-    client = await RawClient.connect(server.host, server.port)
-    elsewhere = await RawClient.connect(other.host, other.port)
-    try:
+    async with two_adapters(nats_url, server) as (client, _other, elsewhere):
         assert await client.call("SET", "mine", "1") == "+OK"
         assert await elsewhere.call("SET", "theirs", "1") == "+OK"
         await wait_until(lambda: not server.keyspace.cache.alone_for(1.0))
@@ -219,11 +211,6 @@ async def test_write_behind_pauses_while_another_adapter_writes(
         assert not pending.done(), "answered early while another adapter writes"
         held.released.set()
         assert await pending == "+OK"
-    finally:
-        await client.close()
-        await elsewhere.close()
-        await other.close()
-        await other_store.close()
 
 
 async def test_changes_behind_a_write_in_flight_are_answered_at_once(
@@ -252,16 +239,8 @@ async def test_changes_behind_a_write_in_flight_are_answered_at_once(
         assert await pending == 0
         await wait_until(lambda: not server.keyspace._queues.busy("d0.h"))
         assert not server.keyspace._settled  # nothing held once everything is stored
-        other_store, other = await start_adapter(
-            nats_url, adapter_settings(kv_bucket=server.settings.kv_bucket)
-        )
-        try:
-            elsewhere = await RawClient.connect(other.host, other.port)
+        async with adapter_beside(nats_url, server) as (_other, elsewhere):
             assert await elsewhere.call("HGETALL", "h") == ["n", "6"]  # stored as answered
-            await elsewhere.close()
-        finally:
-            await other.close()
-            await other_store.close()
     finally:
         await client.close()
 

@@ -10,7 +10,7 @@ import random
 from collections.abc import AsyncIterator
 
 import pytest
-from respkit import RawClient, adapter_settings, start_adapter
+from respkit import RawClient, adapter_beside, adapter_settings, start_adapter, two_adapters
 
 from gateway.resp.hash_encodings import HashEncodings
 from gateway.resp.server import RespServer
@@ -42,17 +42,9 @@ async def test_changes_during_the_linger_share_one_write(server: RespServer, nat
         assert await client.call("HGETALL", "h") == ["n", "5"]
         await server.keyspace.stored()
         assert server.keyspace.kv.writes == writes + 1
-        other_store, other = await start_adapter(
-            nats_url, adapter_settings(kv_bucket=server.settings.kv_bucket)
-        )
-        try:
-            elsewhere = await RawClient.connect(other.host, other.port)
+        async with adapter_beside(nats_url, server) as (_other, elsewhere):
             assert await elsewhere.call("HGETALL", "h") == ["n", "5"]  # stored as answered
             assert 0 < int(await elsewhere.call("TTL", "h")) <= 100
-            await elsewhere.close()
-        finally:
-            await other.close()
-            await other_store.close()
     finally:
         await client.close()
 
@@ -71,12 +63,7 @@ async def test_a_change_that_needs_the_write_cuts_the_linger_short(server: RespS
 
 
 async def test_no_linger_while_another_adapter_is_around(server: RespServer, nats_url: str) -> None:
-    other_store, other = await start_adapter(
-        nats_url, adapter_settings(kv_bucket=server.settings.kv_bucket)
-    )
-    client = await RawClient.connect(server.host, server.port)
-    elsewhere = await RawClient.connect(other.host, other.port)
-    try:
+    async with two_adapters(nats_url, server) as (client, _other, elsewhere):
         for _ in range(100):  # the adapters announce themselves to each other
             if not server.keyspace.cache.peerless_for(1.0):
                 break
@@ -84,22 +71,12 @@ async def test_no_linger_while_another_adapter_is_around(server: RespServer, nat
         assert await client.call("HSET", "h", "f", "1") == 1
         await asyncio.sleep(0.05)  # an acknowledgement, not the 0.2 s linger
         assert await elsewhere.call("HGET", "h", "f") == "1"
-    finally:
-        await client.close()
-        await elsewhere.close()
-        await other.close()
-        await other_store.close()
 
 
 async def test_a_plain_set_of_an_unknown_key_reads_nothing(
     server: RespServer, nats_url: str
 ) -> None:
-    other_store, other = await start_adapter(
-        nats_url, adapter_settings(kv_bucket=server.settings.kv_bucket)
-    )
-    client = await RawClient.connect(server.host, server.port)
-    elsewhere = await RawClient.connect(other.host, other.port)
-    try:
+    async with two_adapters(nats_url, server) as (client, other, elsewhere):
         # Keys another adapter wrote (so not cached here), of other types:
         assert await elsewhere.call("HSET", "k", "f", "v") == 1
         assert await elsewhere.call("SET", "s", "old", "EX", "100") == "+OK"
@@ -117,11 +94,6 @@ async def test_a_plain_set_of_an_unknown_key_reads_nothing(
         # KEEPTTL and GET still read the old value:
         assert await client.call("SET", "s", "v3", "KEEPTTL") == "+OK"
         assert await client.call("SET", "s", "v4", "GET") == "v3"
-    finally:
-        await client.close()
-        await elsewhere.close()
-        await other.close()
-        await other_store.close()
 
 
 def test_field_by_field_encoding_is_byte_for_byte_the_whole_encoding() -> None:
@@ -154,12 +126,7 @@ def test_field_by_field_encoding_is_byte_for_byte_the_whole_encoding() -> None:
 
 async def test_own_writes_do_not_come_back_to_the_watch(server: RespServer, nats_url: str) -> None:
     cache = server.keyspace.cache
-    client = await RawClient.connect(server.host, server.port)
-    other_store, other = await start_adapter(
-        nats_url, adapter_settings(kv_bucket=server.settings.kv_bucket, kv_write_linger=0.0)
-    )
-    elsewhere = await RawClient.connect(other.host, other.port)
-    try:
+    async with two_adapters(nats_url, server, kv_write_linger=0.0) as (client, _other, elsewhere):
         assert await client.call("HSET", "mine", "f", "1") == 1
         await server.keyspace.stored()
         await cache.sync_now()
@@ -176,11 +143,6 @@ async def test_own_writes_do_not_come_back_to_the_watch(server: RespServer, nats
             await asyncio.sleep(0.01)
         assert cache.writes_seen == seen + 1
         assert await client.call("HGET", "mine", "f") == "3"
-    finally:
-        await client.close()
-        await elsewhere.close()
-        await other.close()
-        await other_store.close()
 
 
 async def test_a_del_during_the_linger_joins_the_write(server: RespServer) -> None:
