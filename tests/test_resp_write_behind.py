@@ -7,6 +7,7 @@ is read back from the server afterwards."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from respkit import (
 
 from eventstore.embedded import EmbeddedNatsServer
 from gateway.resp.server import RespServer
+from gateway.resp.values import StoredValue
 
 HELD_REPLY_SECONDS = 0.3
 Put = Callable[[str, bytes, int, float | None], Awaitable[int]]
@@ -71,20 +73,27 @@ async def wait_until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition not reached")
 
 
+async def stored(server: RespServer, key: str) -> StoredValue | None:
+    """What the KV bucket holds for ``key`` (DB 0): what every other reader would get."""
+    record = await server.keyspace.kv.get(f"d0.{key}")
+    return None if record is None or record.body is None else StoredValue.decode(record.body)
+
+
 async def test_write_is_answered_before_its_acknowledgement_and_read_back(
-    server: RespServer, nats_url: str
+    server: RespServer,
 ) -> None:
-    async with two_adapters(nats_url, server) as (client, _other, elsewhere):
+    client = await RawClient.connect(server.host, server.port)
+    try:
         assert await client.call("HSET", "h", "a", "1") == 1
         await wait_until(lambda: not server.keyspace._queues.busy("d0.h"))  # stored
-        assert await elsewhere.call("HGETALL", "h") == ["a", "1"]
         held = HeldWrites(server)
         # Answered while its write is held; this adapter's reads see the new value...
         assert await client.call("HSET", "h", "b", "2") == 1
         assert await client.call("HGETALL", "h") == ["a", "1", "b", "2"]
-        assert held.started == 1
-        # ...which the server does not have yet.
-        assert await elsewhere.call("HGETALL", "h") == ["a", "1"]
+        await wait_until(lambda: held.started == 1)  # after kv_write_linger
+        # ...which the bucket does not have yet.
+        before = await stored(server, "h")
+        assert before is not None and before.data == {b"a": b"1"}
         held.released.set()
         await wait_until(lambda: not server.keyspace._queues.busy("d0.h"))
         assert await info_stat(client, "jetledger_kv_early_replies") >= 1
@@ -92,13 +101,28 @@ async def test_write_is_answered_before_its_acknowledgement_and_read_back(
         assert await client.call("HINCRBY", "h", "a", "5") == 6
         assert await client.call("EXPIRE", "h", "100") == 1
         await wait_until(lambda: not server.keyspace._queues.busy("d0.h"))
-        for _ in range(100):
-            if await elsewhere.call("HGETALL", "h") == ["a", "6", "b", "2"]:
-                break
-            await asyncio.sleep(0.01)
-        assert await elsewhere.call("HGETALL", "h") == ["a", "6", "b", "2"]
-        ttl = await elsewhere.call("TTL", "h")
-        assert isinstance(ttl, int) and 0 < ttl <= 100
+        after = await stored(server, "h")
+        assert after is not None and after.data == {b"a": b"6", b"b": b"2"}
+        assert after.expire_at_ms is not None
+        assert 0 < after.expire_at_ms - time.time() * 1000 <= 100_000
+    finally:
+        await client.close()
+
+
+async def test_a_write_answered_here_is_stored_before_another_adapter_can_write(
+    server: RespServer, nats_url: str
+) -> None:
+    # Two adapters on one bucket: a reply here must mean "stored", or a client's next
+    # write through the other adapter (a blind SET) could be stored before it.
+    async with two_adapters(nats_url, server) as (client, other, elsewhere):
+        for round_no in range(20):
+            assert await client.call("SET", "k", f"here {round_no}") == "+OK"
+            assert await elsewhere.call("SET", "k", f"there {round_no}") == "+OK"
+            await server.keyspace.stored()
+            await other.keyspace.stored()
+            value = await stored(server, "k")
+            assert value is not None and value.data == f"there {round_no}".encode()
+        assert await info_stat(client, "jetledger_kv_early_replies") == 0
 
 
 async def test_compare_and_set_commands_wait_for_the_acknowledgement(

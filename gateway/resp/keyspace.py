@@ -368,11 +368,16 @@ class Keyspace:
         )
 
     def _write_behind_allowed(self) -> bool:
+        # Not while another adapter serves the bucket, even one that has not written yet:
+        # a client answered here before the write is stored may next write the key there,
+        # and that write (a plain SET is not revision-checked) could be stored first.
+        quiet = self.settings.kv_write_behind_quiet_seconds
         return (
             self.settings.kv_write_behind
             and not self.settings.kv_cache_sync
             and self.kv.connected
-            and self.cache.alone_for(self.settings.kv_write_behind_quiet_seconds)
+            and self.cache.alone_for(quiet)
+            and self.cache.peerless_for(quiet)
         )
 
     async def _fresh(self, kv_key: str) -> KVRecord | None:

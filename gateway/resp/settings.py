@@ -102,9 +102,11 @@ class RespSettings:
     change that needs the write arrives. 0: write at once (decision 29)."""
 
     kv_write_behind_quiet_seconds: float = 30.0
-    """Write-behind pauses while another adapter writes to the same bucket, and resumes
-    once none of its writes was seen for this long: a value decided on this adapter's
-    view could be stale then, so each reply waits for the revision-checked write."""
+    """Write-behind pauses while another adapter serves the same bucket (it announces
+    itself) or writes to it, and resumes once neither was seen for this long: a value
+    decided on this adapter's view could be stale then, and a client answered here
+    before the write is stored could write the key there first; so each reply waits for
+    the stored write."""
 
     tombstone_ttl_seconds: int = 1
     """How long a delete marker stays in the KV stream (it only guards compare-and-set)."""
