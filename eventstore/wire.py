@@ -37,33 +37,29 @@ def header_block(headers: Sequence[tuple[str, str]]) -> bytes:
     return b"".join(lines)
 
 
-def encode_frame(frame: Frame) -> bytes:
-    # bytes %-formatting is the cheapest way to build a frame in CPython.
-    block = header_block(frame.headers)
+def hpub(subject: bytes, reply: bytes, block: bytes, payload: bytes) -> bytes:
+    """One ``HPUB`` frame: ``reply`` is empty or a space and the reply subject, ``block``
+    a header block. bytes %-formatting is the cheapest way to build a frame in CPython."""
     size = len(block)
-    reply = b" " + frame.reply.encode() if frame.reply else b""
     return b"HPUB %b%b %d %d\r\n%b%b\r\n" % (
-        frame.subject.encode(),
+        subject,
         reply,
-        size,
-        size + len(frame.payload),
-        block,
-        frame.payload,
-    )
-
-
-def msg_id_frame(subject: str, payload: bytes, msg_id: str, reply: str) -> bytes:
-    """The frame of :func:`encode_frame` for the bulk path's one header, built directly."""
-    block = b"NATS/1.0\r\nNats-Msg-Id: %b\r\n\r\n" % msg_id.encode()
-    size = len(block)
-    return b"HPUB %b %b %d %d\r\n%b%b\r\n" % (
-        subject.encode(),
-        reply.encode(),
         size,
         size + len(payload),
         block,
         payload,
     )
+
+
+def encode_frame(frame: Frame) -> bytes:
+    reply = b" " + frame.reply.encode() if frame.reply else b""
+    return hpub(frame.subject.encode(), reply, header_block(frame.headers), frame.payload)
+
+
+def msg_id_frame(subject: str, payload: bytes, msg_id: str, reply: str) -> bytes:
+    """The frame of :func:`encode_frame` for the bulk path's one header, built directly."""
+    block = b"NATS/1.0\r\nNats-Msg-Id: %b\r\n\r\n" % msg_id.encode()
+    return hpub(subject.encode(), b" " + reply.encode(), block, payload)
 
 
 def supports_bulk(nc: NatsClient) -> bool:
@@ -106,6 +102,7 @@ __all__ = [
     "Frame",
     "encode_frame",
     "header_block",
+    "hpub",
     "msg_id_frame",
     "publish_encoded",
     "publish_frames",

@@ -62,6 +62,12 @@ def adapter_settings(**overrides: Any) -> RespSettings:
     return replace(settings, **overrides)
 
 
+def id_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a sortable pair (Redis compares ids as two numbers)."""
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq)
+
+
 async def start_adapter(nats_url: str, settings: RespSettings) -> tuple[EventStore, RespServer]:
     store = await EventStore.open(nats_url, isolated_settings())
     server = RespServer(store, settings)

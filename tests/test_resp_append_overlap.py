@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from respkit import RawClient, adapter_settings, start_adapter
+from respkit import RawClient, adapter_settings, id_key, start_adapter
 
 from gateway.resp.server import RespServer
 
@@ -25,11 +25,6 @@ async def small_groups(nats_url: str) -> AsyncIterator[RespServer]:
     finally:
         await server.close()
         await store.close()
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    ms, seq = entry_id.split("-")
-    return int(ms), int(seq)
 
 
 async def test_groups_in_flight_keep_pipeline_order(small_groups: RespServer) -> None:

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from respkit import Endpoint, RawClient, adapter_settings
+from respkit import Endpoint, RawClient, adapter_settings, id_key
 from storekit import isolated_settings
 
 from eventstore.store import EventStore
@@ -20,11 +20,6 @@ from gateway.resp.stream_args import EXPLICIT_ID
 
 WRONGTYPE = "-WRONGTYPE Operation against a key holding the wrong kind of value"
 CACHE_CATCH_UP_SECONDS = 1.0
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    ms, seq = entry_id.split("-")
-    return int(ms), int(seq)
 
 
 async def twin(nats_url: str, settings: RespSettings) -> tuple[list[EventStore], list[RespServer]]:

@@ -23,6 +23,7 @@ from respkit import (
     Endpoint,
     Target,
     adapter_settings,
+    id_key,
     start_adapter,
 )
 
@@ -73,11 +74,6 @@ async def resp_target(request: pytest.FixtureRequest, nats_url: str) -> AsyncIte
     finally:
         await server.close()
         await store.close()
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    ms, seq = entry_id.split("-")
-    return int(ms), int(seq)
 
 
 async def error_of(call: Any) -> str:

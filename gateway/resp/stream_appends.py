@@ -30,7 +30,7 @@ from eventstore.publish import MSG_ID, Outgoing, parse_pub_ack
 from eventstore.raw_connection import RawConnectionError, RawUnsupported
 from eventstore.reply_inbox import ReplyInbox
 from eventstore.store import EventStore
-from eventstore.wire import publish_encoded, supports_bulk
+from eventstore.wire import hpub, publish_encoded, supports_bulk
 from gateway.resp.append_link import AppendLink
 from gateway.resp.byframework_events import FIELDS_HEADER
 from gateway.resp.replies import CommandError
@@ -78,22 +78,14 @@ def headers_of(outgoing: Outgoing, fields_header: str) -> dict[str, str]:
     return {MSG_ID: outgoing.event_id, FIELDS_HEADER: fields_header}
 
 
+_ENTRY_HEADERS = f"NATS/1.0\r\n{MSG_ID}: %b\r\n{FIELDS_HEADER}: %b\r\n\r\n".encode()
+
+
 def frame(outgoing: Outgoing, fields_header: str, reply: bytes) -> bytes:
-    """The ``HPUB`` frame of one entry (its dedupe id and fields header), built in one
-    formatting step: on the pipelined path this is done once per entry."""
-    block = b"NATS/1.0\r\nNats-Msg-Id: %b\r\nJl-Redis-Fields: %b\r\n\r\n" % (
-        outgoing.event_id.encode(),
-        fields_header.encode(),
-    )
-    size = len(block)
-    return b"HPUB %b %b %d %d\r\n%b%b\r\n" % (
-        outgoing.subject.encode(),
-        reply,
-        size,
-        size + len(outgoing.body),
-        block,
-        outgoing.body,
-    )
+    """The ``HPUB`` frame of one entry (its dedupe id and fields header), its header
+    block built in one formatting step: on the pipelined path this runs once per entry."""
+    block = _ENTRY_HEADERS % (outgoing.event_id.encode(), fields_header.encode())
+    return hpub(outgoing.subject.encode(), b" " + reply, block, outgoing.body)
 
 
 @dataclass(slots=True)
