@@ -3,6 +3,10 @@
 :class:`DuckDbDatabase` is not thread-safe: :class:`~projections.duckdb_backend.
 DuckDbReadModel` calls it from its single worker thread only. Scripts that need no
 event loop (an offline audit of an exported file) may use it directly.
+
+This module holds what the projector needs: the connection and its parsed statements,
+the schema, the batch's load and its commit. The reads of the API and of audits are
+:class:`~projections.duckdb_queries.DuckDbQueries`, which the database class inherits.
 """
 
 from __future__ import annotations
@@ -11,36 +15,23 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from projections.contract import TABLES, BatchKeys, Changes, RunFilter, Snapshot
+from projections.contract import TABLES, BatchKeys, Changes, Snapshot
+from projections.duckdb_queries import DuckDbQueries
 from projections.duckdb_tables import (
     KEY_HASH,
     SPECS,
     bind_list,
-    encode_time,
     key_hash_sql,
     quote,
     unnest_param,
 )
-from projections.rows import (
-    EventRow,
-    GroupRow,
-    RejectedRow,
-    RunRow,
-    SessionRow,
-    StateRow,
-    TranscriptRow,
-    WorkerRow,
-)
 
 _ACTIVE_VERSION = "active_version"
-_RUN_FILTER_COLUMNS = ("status", "agent_type", "session_id", "root_run_id", "parent_run_id")
-_OLDEST_RUN_FIRST = '"first_seq", "run_id"'
 _CREATE_ATTEMPTS = 5
 _PARSED_LIMIT = 256
 _WRITER_THREADS = 1
@@ -65,7 +56,7 @@ class CheckpointNotAdvancedError(ValueError):
     """A commit would not move the checkpoint forward: another projector got there."""
 
 
-class DuckDbDatabase:
+class DuckDbDatabase(DuckDbQueries):
     """Tables ``{namespace}_v{schema_version}_{table}`` for every table in ``TABLES``,
     ``{namespace}_v{schema_version}_checkpoint`` (``id`` = 1, ``seq``) and the shared
     ``{namespace}_meta`` (``key``, ``value``) that records ``active_version``."""
@@ -289,7 +280,7 @@ class DuckDbDatabase:
             raise
         self.connection.commit()
 
-    # ----------------------------------------------------------- reads
+    # ----------------------------------------------------------- the projector's reads
 
     def checkpoint(self) -> int:
         return self._read_checkpoint()
@@ -328,141 +319,6 @@ class DuckDbDatabase:
         sql = spec.select_sql(self.table_name(table)) + _AMONG_KEYS.format(key=quote(key))
         rows = self.execute(sql, [bind_list(list(ids))]).fetchall()
         return {getattr(row, key): row for row in map(spec.to_row, rows)}
-
-    def dump(self) -> dict[str, list[dict[str, Any]]]:
-        dumped: dict[str, list[dict[str, Any]]] = {}
-        for name, spec in SPECS.items():
-            sql = f"{spec.select_sql(self.table_name(name))} ORDER BY {spec.order_by_key}"
-            dumped[name] = [
-                spec.to_dict(values) for values in self.connection.execute(sql).fetchall()
-            ]
-        return dumped
-
-    def counts(self) -> dict[str, int]:
-        per_table = " UNION ALL ".join(
-            f"SELECT '{name}', count(*) FROM {quote(self.table_name(name))}" for name in TABLES
-        )
-        counts = {name: int(count) for name, count in self.connection.execute(per_table).fetchall()}
-        by_status = self.connection.execute(
-            f"SELECT status, count(*) FROM {quote(self.table_name('runs'))} GROUP BY status"
-        ).fetchall()
-        counts.update({f"runs:{status}": int(count) for status, count in by_status})
-        return counts
-
-    def get_run(self, run_id: str) -> RunRow | None:
-        row: RunRow | None = self._first("runs", '"run_id" = ?', [run_id])
-        return row
-
-    def list_runs(self, query: RunFilter) -> list[RunRow]:
-        conditions, params = ["true"], list[Any]()
-        for column in _RUN_FILTER_COLUMNS:
-            value = getattr(query, column)
-            if value is not None:
-                conditions.append(f"{quote(column)} = ?")
-                params.append(value)
-        if query.before_seq is not None:
-            conditions.append('"first_seq" < ?')
-            params.append(query.before_seq)
-        where = " AND ".join(conditions)
-        return self._rows("runs", where, params, '"first_seq" DESC, "run_id" DESC', query.limit)
-
-    def children(self, run_id: str) -> list[RunRow]:
-        return self._rows("runs", '"parent_run_id" = ?', [run_id], _OLDEST_RUN_FIRST)
-
-    def tree(self, root_run_id: str) -> list[RunRow]:
-        where = '"run_id" = ? OR "root_run_id" = ?'
-        return self._rows("runs", where, [root_run_id, root_run_id], _OLDEST_RUN_FIRST)
-
-    def run_events(self, run_id: str) -> list[EventRow]:
-        return self._rows("events", '"run_id" = ?', [run_id], '"seq"')
-
-    def events(
-        self,
-        after_seq: int = 0,
-        limit: int = 100,
-        event_type: str | None = None,
-        session_id: str | None = None,
-    ) -> list[EventRow]:
-        conditions, params = ['"seq" > ?'], list[Any]([after_seq])
-        for column, value in (("session_id", session_id), ("type", event_type)):
-            if value is not None:
-                conditions.append(f"{quote(column)} = ?")
-                params.append(value)
-        return self._rows("events", " AND ".join(conditions), params, '"seq"', limit)
-
-    def get_session(self, session_id: str) -> SessionRow | None:
-        row: SessionRow | None = self._first("sessions", '"session_id" = ?', [session_id])
-        return row
-
-    def list_sessions(self, limit: int = 50, before: datetime | None = None) -> list[SessionRow]:
-        where, params = "true", list[Any]()
-        if before is not None:
-            where, params = '"last_activity" < make_timestamptz(?)', [encode_time(before)]
-        order = '"last_activity" DESC, "session_id" DESC'
-        return self._rows("sessions", where, params, order, limit)
-
-    def sessions_as_of(
-        self, as_of_seq: int, before_position: int | None = None, limit: int = 50
-    ) -> list[tuple[int, SessionRow]]:
-        spec = SPECS["sessions"]
-        selected = ", ".join(column.selected for column in spec.columns)
-        sessions, events = quote(self.table_name("sessions")), quote(self.table_name("events"))
-        # Only sessions touched after as_of_seq need the look-up in the EventLog.
-        sql = (
-            f"WITH positioned AS (SELECT *, CASE WHEN s.last_seq <= ? THEN s.last_seq ELSE "
-            f"(SELECT max(e.seq) FROM {events} e WHERE e.session_id = s.session_id "
-            f"AND e.seq <= ?) END AS position FROM {sessions} s WHERE s.first_seq <= ?) "
-            f"SELECT {selected}, position FROM positioned WHERE position < ? "
-            f"ORDER BY position DESC LIMIT ?"
-        )
-        before = before_position if before_position is not None else 2**62
-        params = [as_of_seq, as_of_seq, as_of_seq, before, max(limit, 0)]
-        return [
-            (int(values[-1]), spec.to_row(values[:-1]))
-            for values in self.execute(sql, params).fetchall()
-        ]
-
-    def transcript(self, session_id: str) -> list[TranscriptRow]:
-        return self._rows("transcript", '"session_id" = ?', [session_id], '"seq_from", "turn_id"')
-
-    def get_group(self, group_id: str) -> GroupRow | None:
-        row: GroupRow | None = self._first("groups", '"group_id" = ?', [group_id])
-        return row
-
-    def list_workers(self) -> list[WorkerRow]:
-        return self._rows("workers", "true", [], '"worker_id"')
-
-    def get_state(self, scope: str, scope_id: str, key: str) -> StateRow | None:
-        where = '"scope" = ? AND "scope_id" = ? AND "key" = ?'
-        row: StateRow | None = self._first("state", where, [scope, scope_id, key])
-        return row
-
-    def list_rejected(self, after_seq: int = 0, limit: int = 100) -> list[RejectedRow]:
-        return self._rows("rejected", '"seq" > ?', [after_seq], '"seq"', limit)
-
-    def _first(self, table: str, where: str, params: Sequence[Any]) -> Any:
-        """The row with the primary key in ``where`` (no ORDER BY / LIMIT: they would
-        keep DuckDB from using the key's index)."""
-        rows = self._rows(table, where, params)
-        return rows[0] if rows else None
-
-    def _rows(
-        self,
-        table: str,
-        where: str,
-        params: Sequence[Any],
-        order_by: str | None = None,
-        limit: int | None = None,
-    ) -> list[Any]:
-        spec = SPECS[table]
-        sql = f"{spec.select_sql(self.table_name(table))} WHERE {where}"
-        bound = list(params)
-        if order_by is not None:
-            sql += f" ORDER BY {order_by}"
-        if limit is not None:
-            sql += " LIMIT ?"
-            bound.append(max(limit, 0))
-        return [spec.to_row(values) for values in self.execute(sql, bound).fetchall()]
 
 
 __all__ = ["CheckpointNotAdvancedError", "DuckDbDatabase", "ReadModelNotFoundError"]

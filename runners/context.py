@@ -4,6 +4,12 @@ Every emit is an event on the run's ``.out`` subject. Token chunks are coalesced
 ``chunk_window`` (G8): the first chunk after a quiet window goes out at once (time to
 first token is not taxed), later ones at most once per window, and whatever is buffered
 is flushed before the run's terminal event.
+
+The context keeps the run's identity and the order of its output (replayed by position,
+G5); the coalescing of chunks is :mod:`runners.chunk_coalescer`, the tool-call events
+:mod:`runners.tool_calls`, the naming of state keys :mod:`runners.state_scopes`, and
+orchestration and steering are delegated to :mod:`runners.orchestration` and
+:mod:`runners.steering_reader`.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -27,32 +32,28 @@ from eventstore.catalog import (
     RunStateData,
     StateUpdated,
     StateUpdatedData,
-    ToolCallCompleted,
-    ToolCallCompletedData,
-    ToolCallStarted,
-    ToolCallStartedData,
 )
 from eventstore.catalog_common import Content
 from eventstore.envelope import Event
 from eventstore.store import EventStore
-from eventstore.subjects import encode_token
+from runners.chunk_coalescer import ChunkCoalescer
 from runners.journal import Journal
 from runners.orchestration import CalledAgent, GroupTask, Steps
 from runners.outcomes import AgentReply, MemberResult
 from runners.plugins import HookName, PluginHost
 from runners.registry import ActiveWorker, get_active_workers
 from runners.settings import WorkerSettings
+from runners.state_scopes import STATE_BUCKET, Scope, state_key
 from runners.steering import Inbox, SteeringMessage
 from runners.steering_reader import SteeringReader
+from runners.tool_calls import (
+    ToolCallReplayError,
+    call_failed,
+    call_started,
+    call_succeeded,
+    replayed_outcome,
+)
 from runners.worker import Command
-
-STATE_BUCKET = "jl_state"
-Scope = Literal["session", "user", "agent_type", "global"]
-
-
-class ToolCallReplayError(Exception):
-    """A tool call that failed before the run was re-invoked fails again, without
-    running the tool again; the message is the recorded error."""
 
 
 class AgentContext:
@@ -78,7 +79,6 @@ class AgentContext:
         self._journal = journal or Journal(command.run_id)
         # Replay (G5): output already in the log is not published again.
         self._replay_emits = len(self._journal.emits)
-        self._replay_chars = self._journal.chunk_chars
         self._emit_index = 0
         self._last_out_seq = self._journal.last_seq
         self._steps = Steps(self, self._journal, driver_id or command.message_id)
@@ -90,12 +90,12 @@ class AgentContext:
             emit=self._emit_unjournaled,
             cancelled=self._cancel,
         )
-        self._chunks: list[str] = []
-        self._chunk_index = self._journal.delta_count
-        self._flush_task: asyncio.Task[None] | None = None
-        self._last_flush = -math.inf
-        """When the last delta went out (``time.monotonic``)."""
-        self._lock = asyncio.Lock()
+        self._deltas = ChunkCoalescer(
+            settings.chunk_window,
+            replay_chars=self._journal.chunk_chars,
+            next_index=self._journal.delta_count,
+            publish=self._publish_delta,
+        )
 
     async def _call_hook(self, hook: HookName, *args: Any) -> None:
         """Call a plugin hook with this run's command and context (never raises)."""
@@ -202,39 +202,16 @@ class AgentContext:
     async def emit_chunk(self, text: str) -> None:
         """Stream a piece of the answer: one ``message.delta`` at most per ``chunk_window``,
         the first at once; pieces in between are joined into the next delta."""
-        if not text:
-            return
-        if self._replay_chars:
-            skipped = min(self._replay_chars, len(text))
-            self._replay_chars -= skipped
-            text = text[skipped:]
-            if not text:
-                return
-        self._chunks.append(text)
-        if self._flush_task is None:
-            wait = self._last_flush + self._settings.chunk_window - time.monotonic()
-            self._flush_task = asyncio.create_task(self._flush_later(wait))
-
-    async def _flush_later(self, wait: float) -> None:
-        if wait > 0:
-            await asyncio.sleep(wait)
-        self._flush_task = None
-        await self.flush()
+        self._deltas.add(text)
 
     async def flush(self) -> None:
         """Publish buffered chunks now (the runtime calls it before the terminal event)."""
-        async with self._lock:
-            if self._flush_task is not None and self._flush_task is not asyncio.current_task():
-                self._flush_task.cancel()
-                self._flush_task = None
-            if not self._chunks:
-                return
-            text, self._chunks = "".join(self._chunks), []
-            index, self._chunk_index = self._chunk_index, self._chunk_index + 1
-            self._last_flush = time.monotonic()
-            await self._emit(
-                MessageDelta(**self.envelope(), data=MessageDeltaData(text=text, index=index))
-            )
+        await self._deltas.flush()
+
+    async def _publish_delta(self, text: str, index: int) -> None:
+        await self._emit(
+            MessageDelta(**self.envelope(), data=MessageDeltaData(text=text, index=index))
+        )
 
     async def emit_state(
         self, state: str, progress: float | None = None, detail: str | None = None
@@ -285,72 +262,28 @@ class AgentContext:
         recorded = self._journal.tool_result(self._emit_index)
         if recorded is not None and self._emit_index + 1 < self._replay_emits:
             self._emit_index += 2  # the call's start and completion are both in the journal
-            if recorded.data.error is not None:
-                raise ToolCallReplayError(recorded.data.error)
-            return recorded.data.result
+            return replayed_outcome(recorded)
         call_id = f"tc-{self.run_id}-{self._emit_index}"
-        await self._emit(
-            ToolCallStarted(
-                **self.envelope(),
-                data=ToolCallStartedData(tool_call_id=call_id, tool_name=name, parameters=kwargs),
-            )
-        )
+        await self._emit(call_started(self.envelope(), call_id, name, kwargs))
         started = time.monotonic()
         try:
             result = await tool(**kwargs)
         except Exception as exc:
-            await self._emit(
-                ToolCallCompleted(
-                    **self.envelope(),
-                    data=ToolCallCompletedData(
-                        tool_call_id=call_id,
-                        tool_name=name,
-                        error=f"{type(exc).__name__}: {exc}",
-                        duration_ms=int((time.monotonic() - started) * 1000),
-                    ),
-                )
-            )
+            await self._emit(call_failed(self.envelope(), call_id, name, exc, started))
             raise
-        await self._emit(
-            ToolCallCompleted(
-                **self.envelope(),
-                data=ToolCallCompletedData(
-                    tool_call_id=call_id,
-                    tool_name=name,
-                    result=result,
-                    duration_ms=int((time.monotonic() - started) * 1000),
-                ),
-            )
-        )
+        await self._emit(call_succeeded(self.envelope(), call_id, name, result, started))
         return result
 
     # -- state -------------------------------------------------------------------------
-
-    def _scope_id(self, scope: Scope) -> str:
-        command = self._command
-        ids = {
-            "session": command.session_id,
-            "user": command.user_code or "",
-            "agent_type": command.agent_type,
-            "global": "",
-        }
-        if scope not in ids:
-            raise ValueError(
-                f"unknown state scope {scope!r}: use session, user, agent_type or global"
-            )
-        return ids[scope]
-
-    def _state_key(self, scope: Scope, key: str) -> str:
-        return ".".join(encode_token(part) for part in (scope, self._scope_id(scope), key))
 
     async def set_state(self, scope: Scope, key: str, value: Any) -> None:
         """Record ``state.updated`` (the fact) and keep the value in KV for fast reads."""
         data = StateUpdatedData(scope=scope, key=key, value=value)
         await self._emit(StateUpdated(**self.envelope(), data=data))
-        await self._store.blobs.kv_put(STATE_BUCKET, self._state_key(scope, key), value)
+        await self._store.blobs.kv_put(STATE_BUCKET, state_key(self._command, scope, key), value)
 
     async def get_state(self, scope: Scope, key: str, default: Any = None) -> Any:
-        entry = await self._store.blobs.kv_get(STATE_BUCKET, self._state_key(scope, key))
+        entry = await self._store.blobs.kv_get(STATE_BUCKET, state_key(self._command, scope, key))
         return default if entry is None else entry.value
 
     # -- orchestration (G5; see runners.orchestration) ---------------------------------
