@@ -158,3 +158,31 @@ async def test_a_del_during_the_linger_joins_the_write(server: RespServer) -> No
         assert record is not None and record.body is None  # ...with no value
     finally:
         await client.close()
+
+
+async def test_a_starting_adapter_serves_only_once_lingering_writes_here_are_stored(
+    nats_url: str,
+) -> None:
+    # A long linger makes the window wide: this adapter answers the SET at once and
+    # would write it a second later. The adapter that starts meanwhile greets this one
+    # and serves clients once answered; the answer waits for the write, so the client's
+    # next SET of the key (blind, through the new adapter) is stored after it.
+    store, here = await start_adapter(nats_url, adapter_settings(kv_write_linger=1.5))
+    try:
+        client = await RawClient.connect(here.host, here.port)
+        try:
+            assert await client.call("SET", "k", "here") == "+OK"
+            assert here.keyspace.kv.writes == 0  # answered, lingering
+            async with adapter_beside(nats_url, here) as (other, elsewhere):
+                assert await elsewhere.call("SET", "k", "there") == "+OK"
+                await other.keyspace.stored()
+                await here.keyspace.stored()
+                record = await here.keyspace.kv.get("d0.k")
+                assert record is not None and record.body is not None
+                assert b"there" in record.body
+                assert await client.call("GET", "k") == "there"
+        finally:
+            await client.close()
+    finally:
+        await here.close()
+        await store.close()

@@ -180,6 +180,12 @@ class ChangeQueues:
             elif not item.reply.done():
                 item.reply.set_exception(exc)
 
+    def cut_lingers(self) -> None:
+        """Wake every flusher that waits for more changes: its write goes out now."""
+        for woken in self._lingering.values():
+            if not woken.done():
+                woken.set_result(None)
+
     async def drained(self) -> None:
         """Return once every change queued so far is written (or has failed): commands
         that ask the server about the whole bucket (KEYS, SCAN, DBSIZE, FLUSHDB) must

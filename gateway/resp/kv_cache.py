@@ -8,7 +8,9 @@ back; decision 29); any other write to a key drops that key from the cache (a wr
 server then refuses only costs one read more). ``FLUSHDB`` is an API call, not a publish,
 so it is announced on a subject of its own and clears every adapter's cache. Adapters
 also announce themselves on a presence subject, so that one knows whether another may
-be reading what it writes (a lingering write is seen late there).
+be reading what it writes (a lingering write is seen late there). A starting adapter
+greets the others and serves clients only once answered; each answers after turning its
+write-behind off and storing what it had answered early.
 
 A value is stored in the cache only if no foreign write to its key was seen since the
 read (or write) that produced it began: :meth:`KVCache.epoch` before the request,
@@ -26,6 +28,7 @@ import contextlib
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -36,8 +39,12 @@ from nats.errors import NoRespondersError
 from gateway.resp.kvstore import KVRecord
 
 WRITER_HEADER = "Jl-Redis-Writer"
-GREETING_SECONDS = 0.5
-"""How long a starting adapter waits for another one to answer its greeting."""
+GREETING_SECONDS = 2.0
+"""How long a starting adapter waits for another one to answer its greeting (alone, the
+server's "no responders" ends the wait at once)."""
+SETTLE_BEFORE_ANSWER_SECONDS = 1.0
+"""How long a greeted adapter waits for its writes answered early to be stored before it
+answers (well inside the greeter's wait)."""
 PRESENCE_EVERY = 10.0
 """Seconds between two announcements of an adapter on its bucket's presence subject."""
 SYNC_DRAIN_STEPS = 1000
@@ -81,6 +88,9 @@ class KVCache:
         self._peer_at = -float("inf")
         """``time.monotonic()`` of the last announcement of another adapter seen here."""
         self._announcer: asyncio.Task[None] | None = None
+        self.before_greeting_answer: Callable[[float], Awaitable[None]] | None = None
+        """Set by the keyspace: waits (up to the seconds given) for the writes answered
+        early here to be stored, before a starting adapter is told this one exists."""
 
     def use(self, nc: NatsClient) -> None:
         """Watch the bucket over ``nc`` (before :meth:`start`)."""
@@ -114,8 +124,13 @@ class KVCache:
     async def _on_presence(self, msg: Msg) -> None:
         self._handled += 1
         if msg.data != self.writer_id.encode():
-            self._peer_at = time.monotonic()
+            self._peer_at = time.monotonic()  # from now on, no reply here is sent early
             if msg.reply:
+                # The greeter serves clients once answered: a write answered early here
+                # must be stored by then, or a client's next write of that key through
+                # the greeter (a blind SET) could be stored before it and be overwritten.
+                if self.before_greeting_answer is not None:
+                    await self.before_greeting_answer(SETTLE_BEFORE_ANSWER_SECONDS)
                 await self._nc.publish(msg.reply, self.writer_id.encode())
 
     def peerless_for(self, seconds: float) -> bool:
