@@ -10,10 +10,11 @@ read, calling ``on_reply(token, payload)`` for each; frames are written straight
 socket in the caller's order, so the server stores them in that order.
 
 It never reconnects by itself: when the connection ends, ``on_lost`` is called and the
-appends still waiting for acknowledgements are published again alone through nats-py
-(same ``Nats-Msg-Id``, so an entry that was stored is not stored twice); the owner opens
-a new link later. Pull requests (:meth:`AppendLink.request`) get their deliveries the
-same way, as raw reply subject, header block and payload.
+appends still waiting for acknowledgements are answered through nats-py by
+:mod:`gateway.resp.append_recovery` (same ``Nats-Msg-Id``, so an entry that was stored is
+not stored twice, and none is stored after a later entry of its key); the owner opens a
+new link later, once they are answered. Pull requests (:meth:`AppendLink.request`) get
+their deliveries the same way, as raw reply subject, header block and payload.
 """
 
 from __future__ import annotations

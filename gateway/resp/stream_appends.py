@@ -10,7 +10,10 @@ Two channels: a lean :class:`~gateway.resp.append_link.AppendLink` (frames writt
 socket of its own, acknowledgements parsed in one loop) when the connect options allow
 one, else nats-py's connection with one :class:`~eventstore.reply_inbox.ReplyInbox`.
 An entry whose acknowledgement does not come (timeout, or the link ended) is reported as
-``None``: the caller publishes it again alone, under the same ``Nats-Msg-Id``.
+``None`` and recorded as unanswered with its key (:mod:`gateway.resp.append_order`); the
+caller answers it (:mod:`gateway.resp.append_recovery`). From the moment one is known
+until the caller has answered it, no new pipeline is sent ("trouble"): a later entry of
+its key must not be stored before it is.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from eventstore.reply_inbox import ReplyInbox
 from eventstore.store import EventStore
 from eventstore.wire import hpub, publish_encoded, supports_bulk
 from gateway.resp.append_link import AppendLink
+from gateway.resp.append_order import STORED_ACK, KeyAppends
 from gateway.resp.byframework_events import FIELDS_HEADER
 from gateway.resp.replies import CommandError
 
@@ -42,10 +46,11 @@ PUBLISH_CHUNK = 100
 LINK_RETRY_SECONDS = 1.0
 """After the lean link failed to open, appends use nats-py for this long."""
 
-Prepared = tuple[Outgoing, str]
-"""An entry ready to publish: its event and its ``Jl-Redis-Fields`` value."""
-Sent = tuple[Outgoing, str, bytes | None]
-"""A published entry and its acknowledgement (``None``: none came)."""
+Prepared = tuple[Outgoing, str, KeyAppends]
+"""An entry ready to publish: its event, its ``Jl-Redis-Fields`` value and its key's
+appends in flight."""
+Sent = tuple[Outgoing, str, KeyAppends, int, bytes | None]
+"""A published entry, its send token and its acknowledgement (``None``: none came)."""
 
 _PLAIN_ACK = re.compile(
     rb'\{"stream":"[^"\\]*",(?:"domain":"[^"\\]*",)?"seq":(\d+)(?:,"duplicate":true)?\}'
@@ -88,7 +93,7 @@ def frame(outgoing: Outgoing, fields_header: str, reply: bytes) -> bytes:
     return hpub(outgoing.subject.encode(), b" " + reply, block, outgoing.body)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _AckBatch:
     """The acknowledgements one pipeline of appends waits for."""
 
@@ -97,6 +102,10 @@ class _AckBatch:
     """The lean link it was sent on (its end means no acknowledgement will come)."""
     acks: dict[int, bytes] = field(default_factory=dict)
     complete: asyncio.Event = field(default_factory=asyncio.Event)
+    collected: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when its publisher stopped waiting for acknowledgements."""
+    troubled: bool = False
+    """Some acknowledgement will not come: no new pipeline goes out until it is answered."""
 
     def give_up(self) -> None:
         """No more acknowledgements will come (the link ended): stop waiting."""
@@ -114,9 +123,15 @@ class PipelinedAppends:
         self._link: AppendLink | None = None
         self._link_retry_at = 0.0
         self._opening = asyncio.Lock()
-        self._due: dict[int, tuple[_AckBatch, int]] = {}
-        """Reply token -> the pipeline and entry its acknowledgement belongs to."""
+        self._due: dict[int, tuple[_AckBatch, int, KeyAppends]] = {}
+        """Reply token -> the pipeline, entry and key its acknowledgement belongs to."""
         self._tokens = itertools.count()
+        self._collecting: set[_AckBatch] = set()
+        """Pipelines sent and waiting for their acknowledgements."""
+        self._troubles = 0
+        self._calm = asyncio.Event()
+        """Set while no unacknowledged entry waits for its answer (see the module doc)."""
+        self._calm.set()
         self.published = 0
 
     async def close(self) -> None:
@@ -139,12 +154,18 @@ class PipelinedAppends:
         """Publish every prepared entry (an error stays as it is), in order, and wait
         for their acknowledgements. ``entries`` (``count`` of them) is consumed lazily:
         the server stores the first chunk while the next is being built. A caller with
-        several groups in flight orders them: the first chunk waits for ``after`` (the
-        group before has published everything), and ``published`` is set once this
-        group's last entry is out."""
-        link = await self.lean_link()
-        prefix = link.prefix if link is not None else await self._inbox_prefix()
+        several groups in flight orders them: nothing is built before ``after`` is set
+        (the group before has published everything), so send tokens follow the order on
+        the wire, and ``published`` is set once this group's last entry is out.
+
+        If any entry comes back without acknowledgement, it is recorded as unanswered
+        with its key and trouble is raised: the caller answers those entries and then
+        calls :meth:`calm_down` once."""
+        if after is not None:
+            await asyncio.shield(after)
+        link, prefix = await self._channel()
         batch = _AckBatch(count, link)
+        self._collecting.add(batch)
         out: list[Sent | CommandError] = []
         chunk: list[bytes] = []
         tokens: list[int] = []
@@ -156,38 +177,87 @@ class PipelinedAppends:
                     out.append(entry)
                     batch.expected -= 1
                     continue
-                outgoing, fields_header = entry
+                outgoing, fields_header, record = entry
                 token = next(tokens_of)
                 tokens.append(token)
-                due[token] = (batch, len(out))
-                out.append((outgoing, fields_header, None))
+                due[token] = (batch, len(out), record)
+                out.append((outgoing, fields_header, record, token, None))
                 chunk.append(frame(outgoing, fields_header, b"%b%d" % (prefix, token)))
                 if len(chunk) >= PUBLISH_CHUNK and sending:
-                    sending = await self._send(link, chunk, after)
-                    after, chunk = None, []
+                    sending = await self._send(link, chunk)
+                    chunk = []
             if sending:
-                sending = await self._send(link, chunk, after)
+                sending = await self._send(link, chunk)
             if published is not None and not published.done():
                 published.set_result(None)
             if sending and batch.expected and len(batch.acks) < batch.expected:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(batch.complete.wait(), self.request_timeout)
+            self._collect(batch, out)
+        except BaseException:
+            if batch.troubled:
+                self.calm_down()
+            raise
         finally:
             for token in tokens:
                 due.pop(token, None)
-        for index, data in batch.acks.items():
-            sent = out[index]
-            assert not isinstance(sent, CommandError)
-            out[index] = (sent[0], sent[1], data)
+            self._collecting.discard(batch)
+            batch.collected.set()
         return out
 
-    async def _send(
-        self, link: AppendLink | None, chunk: list[bytes], after: asyncio.Future[None] | None
-    ) -> bool:
+    async def _channel(self) -> tuple[AppendLink | None, bytes]:
+        """The link (None: nats-py) and reply prefix for a new pipeline, once no
+        unacknowledged entry waits for its answer (see the module doc)."""
+        while True:
+            await self._calm.wait()
+            link = await self.lean_link()
+            prefix = link.prefix if link is not None else await self._inbox_prefix()
+            if self._calm.is_set():  # still: nothing is awaited from here to the send
+                return link, prefix
+
+    def _collect(self, batch: _AckBatch, out: list[Sent | CommandError]) -> None:
+        """Put the acknowledgements in place; record the entries without one."""
+        acks = batch.acks
+        for index, sent in enumerate(out):
+            if isinstance(sent, CommandError):
+                continue
+            outgoing, fields_header, record, token, _ = sent
+            data = acks.get(index)
+            if data is None:
+                record.unanswered[token] = (outgoing, fields_header)
+                self._raise_trouble(batch)
+            else:
+                out[index] = (outgoing, fields_header, record, token, data)
+
+    def _raise_trouble(self, batch: _AckBatch) -> None:
+        if not batch.troubled:
+            batch.troubled = True
+            self._troubles += 1
+            self._calm.clear()
+
+    def calm_down(self) -> None:
+        """The unacknowledged entries of one troubled pipeline are answered."""
+        self._troubles -= 1
+        if self._troubles <= 0:
+            self._troubles = 0
+            self._calm.set()
+
+    async def settle(self) -> None:
+        """Wait until every pipeline already sent has its acknowledgements or stopped
+        waiting for them (at most the request timeout): then each unacknowledged entry
+        is recorded with its key, and each acknowledged one is known."""
+        waiting = [asyncio.ensure_future(batch.collected.wait()) for batch in self._collecting]
+        if not waiting:
+            return
+        try:
+            await asyncio.wait(waiting, timeout=self.request_timeout)
+        finally:
+            for task in waiting:
+                task.cancel()
+
+    async def _send(self, link: AppendLink | None, chunk: list[bytes]) -> bool:
         """Queue ``chunk`` on the channel; False if the link is gone (nothing more is
-        sent on it: what is unacknowledged is published again alone)."""
-        if after is not None:
-            await asyncio.shield(after)
+        sent on it: what is unacknowledged is answered by the caller)."""
         if not chunk:
             return True
         self.published += len(chunk)
@@ -247,18 +317,24 @@ class PipelinedAppends:
     def _on_reply(self, token: int, data: bytes) -> None:
         waiting = self._due.pop(token, None)
         if waiting is not None:
-            batch, index = waiting
+            batch, index, record = waiting
             batch.acks[index] = data
+            # Known at once, not when the pipeline is done: an earlier unacknowledged
+            # entry of the key, answered meanwhile, must not be stored after this one.
+            if token > record.stored and data.startswith(STORED_ACK):
+                record.stored = token
             if len(batch.acks) >= batch.expected:
                 batch.complete.set()
 
     def _on_link_lost(self, link: AppendLink) -> None:
         # Acknowledgements of the link's frames can no longer come: let every pipeline
-        # waiting on them publish its unacknowledged entries again now.
+        # waiting on them answer its unacknowledged entries now, and send no new one
+        # (on a new link it could be stored before them) until they are answered.
         if self._link is link:
             self._link = None
-        for batch, _ in list(self._due.values()):
+        for batch, _, _ in list(self._due.values()):
             if batch.link is link:
+                self._raise_trouble(batch)
                 batch.give_up()
 
 

@@ -14,13 +14,9 @@ retention bounds it). Both are in docs/decisions.md.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import json
 import logging
-from dataclasses import dataclass, field
-from operator import itemgetter
+from dataclasses import dataclass
 from typing import Any
 
 from nats.errors import Error as NatsError
@@ -30,6 +26,8 @@ from nats.js.errors import NoKeysError, NotFoundError
 from eventstore.jsapi import api_request
 from eventstore.publish import Outgoing
 from eventstore.store import EventStore
+from gateway.resp.append_order import AppendOrders, KeyAppends
+from gateway.resp.append_recovery import AppendRecovery, Unacknowledged
 from gateway.resp.byframework_events import (
     FIELDS_IN_BODY,
     Fields,
@@ -37,15 +35,10 @@ from gateway.resp.byframework_events import (
 )
 from gateway.resp.entry_bodies import entry_body
 from gateway.resp.replies import CommandError
-from gateway.resp.stream_appends import (
-    PipelinedAppends,
-    Prepared,
-    acknowledged,
-    fast_ack,
-    headers_of,
-)
+from gateway.resp.stream_appends import PipelinedAppends, Prepared, fast_ack
 from gateway.resp.stream_groups import ConsumerGroup
 from gateway.resp.stream_keys import StreamTarget, target_for
+from gateway.resp.stream_meta import StreamMeta, b64, durable_name
 from gateway.resp.stream_pull import Puller
 from gateway.resp.stream_reads import Entry, read_backwards, read_entries
 
@@ -76,49 +69,6 @@ class StreamSpaceSettings:
     """Pipelined appends on a lean connection of their own (``stream_appends``)."""
 
 
-@dataclass(slots=True)
-class StreamMeta:
-    key: bytes
-    exists: bool = False
-    floor_seq: int = 0
-    """Entries at or below this sequence were removed by DEL."""
-    floor_count: int = 0
-    """How many entries the key's subjects held at the floor (XLEN subtracts it)."""
-    groups: dict[bytes, str] = field(default_factory=dict)
-    """Group name -> durable consumer name."""
-
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "key": _b64(self.key),
-                "exists": self.exists,
-                "floor_seq": self.floor_seq,
-                "floor_count": self.floor_count,
-                "groups": {_b64(name): durable for name, durable in self.groups.items()},
-            }
-        ).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> StreamMeta:
-        value = json.loads(raw)
-        groups = {_unb64(name): str(durable) for name, durable in value["groups"].items()}
-        return cls(_unb64(value["key"]), bool(value["exists"]), int(value["floor_seq"]),
-                   int(value["floor_count"]), groups)  # fmt: skip
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def durable_name(identity: str, group: bytes) -> str:
-    """A valid, collision-free durable name; the mapping itself is kept in the meta."""
-    return "redis_" + hashlib.sha256(identity.encode() + b"\0" + group).hexdigest()[:40]
-
-
 class StreamSpace:
     """Every Redis stream of one deployment (see the module doc)."""
 
@@ -137,6 +87,8 @@ class StreamSpace:
         self._appends = PipelinedAppends(
             store, self.settings.request_timeout, lean=self.settings.lean_appends
         )
+        self._orders = AppendOrders()
+        self._recovery = AppendRecovery(self.nc, self._appends, self.settings.request_timeout)
         self._puller = Puller(self.nc, self._appends.lean_link)
 
     @property
@@ -197,7 +149,7 @@ class StreamSpace:
         return meta
 
     async def _save(self, meta: StreamMeta) -> None:
-        await self._kv.put("k." + _b64(self.identity(meta.key).encode()), meta.to_json())
+        await self._kv.put("k." + b64(self.identity(meta.key).encode()), meta.to_json())
 
     def stream_keys(self) -> list[bytes]:
         return [meta.key for meta in self._metas.values() if meta.exists]
@@ -246,27 +198,6 @@ class StreamSpace:
             raise result
         return result
 
-    async def _publish_alone(self, outgoing: Outgoing, fields_header: str) -> int | CommandError:
-        """An entry whose acknowledgement did not come, published again alone: a copy
-        stored after all is recognised by its Nats-Msg-Id and not stored twice."""
-        try:
-            return await self._publish_one(outgoing, fields_header)
-        except CommandError as error:
-            return error
-        except (NatsError, TimeoutError) as exc:
-            return CommandError(
-                f"ERR jetledger redis: JetStream unavailable ({type(exc).__name__}); try again"
-            )
-
-    async def _publish_one(self, outgoing: Outgoing, fields_header: str) -> int:
-        reply = await self.nc.request(
-            outgoing.subject,
-            outgoing.body,
-            timeout=self.settings.request_timeout,
-            headers=headers_of(outgoing, fields_header),
-        )
-        return acknowledged(outgoing, reply.data)
-
     async def add_many(
         self,
         entries: list[tuple[bytes, Fields]],
@@ -276,25 +207,42 @@ class StreamSpace:
     ) -> list[int | CommandError]:
         """Pipelined XADD commands, published in order before any acknowledgement is
         awaited (:mod:`gateway.resp.stream_appends`), so sequences (ids) follow the order
-        of ``entries``. One result each: the sequence, or the error of that entry alone.
+        of ``entries``. One result each: the sequence, or the error of that entry alone
+        (an entry without acknowledgement: :mod:`gateway.resp.append_recovery`).
         ``after`` and ``published``: see :meth:`PipelinedAppends.publish_all`."""
-        sent = await self._appends.publish_all(
-            (self._prepared_or_error(key, fields) for key, fields in entries),
-            len(entries),
-            after=after,
-            published=published,
-        )
-        results: list[int | CommandError] = []
-        for outcome in sent:
-            if isinstance(outcome, CommandError):
-                results.append(outcome)
-                continue
-            outgoing, fields_header, data = outcome
-            if data is None:  # no answer in time: publish again
-                results.append(await self._publish_alone(outgoing, fields_header))
-            else:
-                results.append(fast_ack(outgoing, data))
-        for key in set(map(itemgetter(0), entries)):  # usually one key
+        records: dict[bytes, KeyAppends] = {}
+        for key, _ in entries:
+            if key not in records:
+                records[key] = self._orders.enter(self.identity(key))
+        try:
+            sent = await self._appends.publish_all(
+                (self._prepared_or_error(key, fields, records[key]) for key, fields in entries),
+                len(entries),
+                after=after,
+                published=published,
+            )
+            results: list[int | CommandError] = []
+            unacknowledged: list[Unacknowledged] = []
+            positions: list[int] = []
+            for outcome in sent:
+                if isinstance(outcome, CommandError):
+                    results.append(outcome)
+                    continue
+                outgoing, fields_header, record, token, data = outcome
+                if data is None:
+                    positions.append(len(results))
+                    unacknowledged.append((record, token, outgoing, fields_header))
+                    results.append(0)  # replaced below
+                else:
+                    results.append(fast_ack(outgoing, data))
+            if unacknowledged:  # no await before: its trouble ends whatever happens
+                answers = await self._recovery.answer(unacknowledged)
+                for position, answer in zip(positions, answers, strict=True):
+                    results[position] = answer
+        finally:
+            for key, record in records.items():
+                self._orders.leave(self.identity(key), record)
+        for key in records:  # usually one key
             meta = self.meta(key)
             if not meta.exists and any(
                 type(result) is int and entry[0] == key
@@ -303,11 +251,14 @@ class StreamSpace:
                 await self._mark_exists(meta)
         return results
 
-    def _prepared_or_error(self, key: bytes, fields: Fields) -> Prepared | CommandError:
+    def _prepared_or_error(
+        self, key: bytes, fields: Fields, record: KeyAppends
+    ) -> Prepared | CommandError:
         try:
-            return self._prepared(key, fields)
+            outgoing, fields_header = self._prepared(key, fields)
         except CommandError as error:
             return error
+        return outgoing, fields_header, record
 
     async def length(self, key: bytes) -> int:
         meta = self._metas.get(self.identity(key))
