@@ -27,6 +27,7 @@ from eventstore.connection import ConnectOptions, connect, parse_version
 from eventstore.envelope import Event
 from eventstore.fast_batch import FastIngestUnavailable, append_fast
 from eventstore.jsapi import api_request
+from eventstore.log_end import last_log_seq
 from eventstore.prepared import HEADER_ALLOWANCE, PreparedEvents
 from eventstore.provision import FAST_INGEST_VERSION, EnsureReport, ensure_buckets, ensure_stream
 from eventstore.publish import Outgoing, publish_one, publish_one_result
@@ -306,6 +307,12 @@ class EventStore:
             timeout=self.settings.request_timeout,
         )
         return int(info["state"]["last_seq"])
+
+    async def last_log_seq(self, after: int = 0) -> int:
+        """The sequence of the log's last event (0 for an empty log): unlike
+        :meth:`last_seq`, never a held timer's, which no reader of the log reaches.
+        ``after``: a sequence already applied (nothing past it: no further look-up)."""
+        return await last_log_seq(self.nc, self.settings, after)
 
 
 async def _without_subjects(records: AsyncGenerator[StoredRecord]) -> AsyncIterator[Record]:

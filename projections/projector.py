@@ -71,12 +71,15 @@ class Projector:
 
     @property
     def lag(self) -> int:
-        """Stream sequences not yet applied, as of the last :meth:`refresh_lag`."""
+        """The log's sequences not yet applied, as of the last :meth:`refresh_lag` (a
+        held timer past the log's last event is not counted: no projector applies it)."""
         return max(0, self.stream_last_seq - self.checkpoint)
 
     async def refresh_lag(self) -> int:
-        """Ask the server for the stream's last sequence and return the lag."""
-        self.stream_last_seq = max(self.stream_last_seq, await self.store.last_seq())
+        """Ask the server for the log's last sequence and return the lag."""
+        # The log's end, not the stream's: a held timer is never applied (decision 21).
+        log_end = await self.store.last_log_seq(after=self.checkpoint)
+        self.stream_last_seq = max(self.stream_last_seq, log_end)
         return self.lag
 
     async def start(self) -> int:
@@ -90,9 +93,11 @@ class Projector:
         await self._apply_stream(follow=True, until_seq=None, stop=stop)
 
     async def catch_up(self, until_seq: int | None = None) -> int:
-        """Apply everything up to ``until_seq`` (default: the stream's last sequence now)."""
-        target = until_seq if until_seq is not None else await self.store.last_seq()
-        self.stream_last_seq = max(self.stream_last_seq, target)
+        """Apply everything up to ``until_seq`` (default: the log's last sequence now)."""
+        target = until_seq
+        if target is None:
+            target = await self.store.last_log_seq(after=self.checkpoint)
+            self.stream_last_seq = max(self.stream_last_seq, target)
         if target > self.checkpoint:
             await self._apply_stream(follow=False, until_seq=target, stop=None)
         return self.checkpoint

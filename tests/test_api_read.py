@@ -14,6 +14,7 @@ from projectkit import sqlite_url
 from scenario import new_id, run_events, session_events, three_level_tree
 
 from eventstore.catalog import CommandAsk, CommandAskData, WorkerStarted, WorkerStartedData
+from eventstore.provision import timer_root
 
 
 @pytest.fixture
@@ -303,3 +304,10 @@ async def test_readyz_reports_projection_lag_and_metrics_route_templates(
     assert 'jetledger_runs{status="completed"}' in metrics
     assert "jetledger_projection_lag_events 0.0" in metrics
     assert "jetledger_live_workers" in metrics and "jetledger_events_per_second" in metrics
+    # A held timer (a parked run's deadline) newest in the stream is not lag: no
+    # projector ever applies it.
+    await world.store.js.publish(f"{timer_root(world.store.settings)}.ops-s.r.w0", b"{}")
+    ready = await api.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["lag"] == 0
+    assert ready.json()["stream_last_seq"] < await world.store.last_seq()
+    assert "jetledger_projection_lag_events 0.0" in (await api.get("/metrics")).text

@@ -76,3 +76,23 @@ async def test_a_subject_filter_still_goes_to_the_server(nats_url: str) -> None:
         # a filtered read bounded inside the log stops at the bound
         bounded = await collect(store, subject_filter=f"{root}.data.s1.r3.>", until_seq=2001)
         assert [r.seq for r in bounded] == list(range(4, 2001, 4))
+
+
+async def test_the_log_ends_at_its_last_event_not_at_a_timer_after_it(nats_url: str) -> None:
+    async with open_store(nats_url) as store:
+        timers = timer_root(store.settings)
+        assert await store.last_log_seq() == 0  # empty stream
+        await store.append_many([delta(i) for i in range(3)])  # seq 1-3
+        assert await store.last_log_seq() == 3
+        await store.js.publish(f"{timers}.s1.r1.w0", b"{}")  # seq 4: a held timer
+        await store.js.publish(f"{timers}.s1.r1.w1", b"{}")  # seq 5
+        assert await store.last_seq() == 5
+        assert await store.last_log_seq() == 3  # what a projector can reach
+        assert await store.last_log_seq(after=3) == 3
+        await store.append_many([delta(3)])  # seq 6: the log's end again
+        assert await store.last_log_seq(after=3) == 6
+        assert await store.last_log_seq(after=6) == 6  # nothing past it: no look-up
+        # A deleted newest message (a fired timer's schedule is removed) is no end either.
+        await store.js.publish(f"{timers}.s1.r1.w2", b"{}")  # seq 7
+        await store.js.delete_msg(store.settings.stream, 7)
+        assert await store.last_log_seq() == 6

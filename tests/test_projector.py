@@ -14,6 +14,7 @@ from projectkit import read_model, spawn_project, sqlite_url
 from scenario import run_events, session_events, three_level_tree
 from storekit import isolated_settings, open_store
 
+from eventstore.provision import timer_root
 from eventstore.store import EventStore
 from projections.audit import audit_tree
 from projections.projector import Projector, ProjectorSettings
@@ -254,3 +255,18 @@ async def test_kill_9_the_projector_twenty_times_while_events_flow(
                 stop.set()
                 appended = await asyncio.wait_for(appender, 30)
         assert appended > 20
+
+
+async def test_lag_reaches_zero_while_a_held_timer_is_the_newest_message(
+    nats_url: str, tmp_path: Path
+) -> None:
+    async with (
+        open_store(nats_url) as store,
+        read_model(sqlite_url(tmp_path / "rm.db")) as backend,
+    ):
+        await store.append_many(run_events("s1", "r-timer", text="hi"))
+        # A parked run's timer: a stream message outside the log, never applied.
+        await store.js.publish(f"{timer_root(store.settings)}.s1.r-timer.w0", b"{}")
+        projector = await prepare(store, backend)
+        assert projector.checkpoint < await store.last_seq()
+        assert await projector.refresh_lag() == 0

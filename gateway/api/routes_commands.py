@@ -160,7 +160,7 @@ async def cancel_run(
     context.metrics.commands.labels(kind="cancel").inc()
     # read-your-writes covers the run.cancelled events the cancel appended after its
     # command, so wait for the log's end as it is now, not only for the command
-    effects_seq = await client.store.last_seq() if wait else outcome.seq
+    effects_seq = await client.store.last_log_seq(after=outcome.seq) if wait else outcome.seq
     done, checkpoint = await reflected(context, max(outcome.seq, effects_seq), wait)
     return CancelAccepted(
         run_id=run_id,
