@@ -10,6 +10,7 @@ real."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -18,7 +19,6 @@ import pytest
 from respkit import RawClient, adapter_settings, id_key, start_adapter
 
 from eventstore.publish import Outgoing
-from eventstore.store import EventStore
 from gateway.resp import stream_appends
 from gateway.resp.append_recovery import NOT_STORED
 from gateway.resp.replies import CommandError
@@ -28,30 +28,28 @@ TIMEOUT = 0.5
 """The adapter's request timeout here: how long a lost entry's acknowledgement is awaited."""
 
 
-async def _adapter(nats_url: str, *, lean: bool) -> tuple[EventStore, RespServer]:
+@contextlib.asynccontextmanager
+async def _adapter(nats_url: str, *, lean: bool) -> AsyncIterator[RespServer]:
     settings = adapter_settings()
     streams = replace(settings.streams, request_timeout=TIMEOUT, lean_appends=lean)
-    return await start_adapter(nats_url, replace(settings, streams=streams))
+    store, served = await start_adapter(nats_url, replace(settings, streams=streams))
+    try:
+        yield served
+    finally:
+        await served.close()
+        await store.close()
 
 
 @pytest.fixture(params=[True, False], ids=["lean", "nats-py"])
 async def server(request: pytest.FixtureRequest, nats_url: str) -> AsyncIterator[RespServer]:
-    store, served = await _adapter(nats_url, lean=request.param)
-    try:
+    async with _adapter(nats_url, lean=request.param) as served:
         yield served
-    finally:
-        await served.close()
-        await store.close()
 
 
 @pytest.fixture
 async def lean_server(nats_url: str) -> AsyncIterator[RespServer]:
-    store, served = await _adapter(nats_url, lean=True)
-    try:
+    async with _adapter(nats_url, lean=True) as served:
         yield served
-    finally:
-        await served.close()
-        await store.close()
 
 
 @pytest.fixture
@@ -236,8 +234,7 @@ async def test_send_tokens_follow_the_wire_order_across_groups(
 ) -> None:
     # On nats-py a group yields between chunks: the next group must not take its send
     # tokens (which order the answers) before the previous group's last chunk is out.
-    store, server = await _adapter(nats_url, lean=False)
-    try:
+    async with _adapter(nats_url, lean=False) as server:
         lose(b"lost")
         streams = server.streams
         published = asyncio.get_running_loop().create_future()
@@ -258,6 +255,3 @@ async def test_send_tokens_follow_the_wire_order_across_groups(
         kept = [*values[:-1], "x", "y"]
         assert await stored(server, "chunks") == list(zip(ids, kept, strict=True))
         assert_settled(server)
-    finally:
-        await server.close()
-        await store.close()
