@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
@@ -29,13 +30,14 @@ class JetStreamApiError(EventStoreError):
 ERR_STREAM_NOT_FOUND = 10059
 
 
-async def api_request(
+async def raw_api_request(
     nc: NatsClient, subject: str, body: dict[str, Any] | None = None, *, timeout: float = 5.0
-) -> dict[str, Any]:
-    """Send one API request and return the decoded answer, raising on an error answer."""
+) -> Msg:
+    """Send one API request and return the answer as it came (a direct get answers with
+    the message itself), raising when JetStream does not answer."""
     payload = b"" if body is None else json.dumps(body).encode()
     try:
-        reply = await nc.request(subject, payload, timeout=timeout)
+        return await nc.request(subject, payload, timeout=timeout)
     except NoRespondersError as exc:
         raise JetStreamUnavailableError(
             "JetStream is not enabled on this server or account (no responders on "
@@ -45,6 +47,13 @@ async def api_request(
         raise JetStreamUnavailableError(
             f"JetStream API {subject} did not answer within {timeout}s"
         ) from exc
+
+
+async def api_request(
+    nc: NatsClient, subject: str, body: dict[str, Any] | None = None, *, timeout: float = 5.0
+) -> dict[str, Any]:
+    """Send one API request and return the decoded answer, raising on an error answer."""
+    reply = await raw_api_request(nc, subject, body, timeout=timeout)
     answer: dict[str, Any] = json.loads(reply.data)
     error = answer.get("error")
     if isinstance(error, dict):
@@ -57,4 +66,4 @@ async def api_request(
     return answer
 
 
-__all__ = ["ERR_STREAM_NOT_FOUND", "JetStreamApiError", "api_request"]
+__all__ = ["ERR_STREAM_NOT_FOUND", "JetStreamApiError", "api_request", "raw_api_request"]

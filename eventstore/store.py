@@ -312,7 +312,7 @@ class EventStore:
         """The sequence of the log's last event (0 for an empty log): unlike
         :meth:`last_seq`, never a held timer's, which no reader of the log reaches.
         ``after``: a sequence already applied (nothing past it: no further look-up)."""
-        return await last_log_seq(self.nc, self.settings, after)
+        return await last_log_seq(self.nc, self.settings, await self.last_seq(), after)
 
 
 async def _without_subjects(records: AsyncGenerator[StoredRecord]) -> AsyncIterator[Record]:

@@ -30,7 +30,7 @@ from nats.errors import Error as NatsError
 from eventstore.errors import AppendError, EventStoreError
 from eventstore.publish import Outgoing, parse_pub_ack
 from gateway.resp.append_order import KeyAppends
-from gateway.resp.replies import CommandError
+from gateway.resp.replies import CommandError, jetstream_unavailable
 from gateway.resp.stream_appends import PipelinedAppends, acknowledged, headers_of
 
 EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
@@ -47,12 +47,6 @@ NOT_STORED = (
 
 Unacknowledged = tuple[KeyAppends, int, Outgoing, str]
 """An entry to answer: its key's record, its send token, its event and fields header."""
-
-
-def unavailable(exc: Exception) -> CommandError:
-    return CommandError(
-        f"ERR jetledger redis: JetStream unavailable ({type(exc).__name__}); try again"
-    )
 
 
 class AppendRecovery:
@@ -113,7 +107,7 @@ class AppendRecovery:
                         f"({outcome.message}); try again"
                     )
                 if isinstance(outcome, NatsError | TimeoutError):
-                    return unavailable(outcome)
+                    return jetstream_unavailable(outcome)
                 if isinstance(outcome, BaseException):
                     raise outcome
                 if outcome is None:
@@ -129,7 +123,7 @@ class AppendRecovery:
         except CommandError as error:
             return error
         except (NatsError, TimeoutError) as exc:
-            return unavailable(exc)
+            return jetstream_unavailable(exc)
         return CommandError(NOT_STORED) if seq is None else seq
 
     async def probe(self, outgoing: Outgoing, fields_header: str) -> int | None:
@@ -163,7 +157,7 @@ class AppendRecovery:
         except CommandError as error:
             return error
         except (NatsError, TimeoutError) as exc:
-            return unavailable(exc)
+            return jetstream_unavailable(exc)
 
 
-__all__ = ["NOT_STORED", "AppendRecovery", "Unacknowledged", "unavailable"]
+__all__ = ["NOT_STORED", "AppendRecovery", "Unacknowledged"]

@@ -23,7 +23,14 @@ from gateway.resp.change_queue import write_owner
 from gateway.resp.cmd_streams import xadd_pipelined
 from gateway.resp.protocol import ParserLimits, ProtocolError, RequestParser, encode
 from gateway.resp.registry import COMMANDS, CommandSpec
-from gateway.resp.replies import CommandError, ErrorReply, Reply, SimpleString, wrong_args
+from gateway.resp.replies import (
+    CommandError,
+    ErrorReply,
+    Reply,
+    SimpleString,
+    jetstream_unavailable,
+    wrong_args,
+)
 
 if TYPE_CHECKING:
     from gateway.resp.server import RespServer
@@ -411,9 +418,7 @@ def _has_options(words: list[bytes]) -> bool:
 
 
 def unavailable(exc: BaseException) -> ErrorReply:
-    return ErrorReply(
-        f"ERR jetledger redis: JetStream unavailable ({type(exc).__name__}); try again"
-    )
+    return ErrorReply(jetstream_unavailable(exc).message)
 
 
 def unknown_command(words: list[bytes]) -> str:

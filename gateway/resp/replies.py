@@ -60,6 +60,13 @@ Reply = (
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 
 
+def jetstream_unavailable(exc: BaseException) -> CommandError:
+    """The error of a command that could not reach JetStream (retrying it is safe)."""
+    return CommandError(
+        f"ERR jetledger redis: JetStream unavailable ({type(exc).__name__}); try again"
+    )
+
+
 def wrong_args(command: str) -> CommandError:
     """Redis's arity error for ``command``."""
     return CommandError(f"ERR wrong number of arguments for '{command.lower()}' command")

@@ -321,8 +321,8 @@ class PipelinedAppends:
             batch.acks[index] = data
             # Known at once, not when the pipeline is done: an earlier unacknowledged
             # entry of the key, answered meanwhile, must not be stored after this one.
-            if token > record.stored and data.startswith(STORED_ACK):
-                record.stored = token
+            if data.startswith(STORED_ACK):
+                record.note_stored(token)
             if len(batch.acks) >= batch.expected:
                 batch.complete.set()
 
